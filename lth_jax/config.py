@@ -1,0 +1,236 @@
+"""The experiment config: its schema with defaults, and validation with one-line errors.
+
+Every ``configs/*.py`` starts from ``base_config()`` and sets the paper's values. Fields:
+
+* ``seed``, ``trials``
+* ``model``: ``name`` (see ``lth_jax.models.names()``), ``dropout_rate``
+* ``dataset``: ``name``, ``source`` (tfds | files | synthetic), ``path``, ``data_dir``,
+  ``validation_size``, ``augment`` (auto | on | off) and, for synthetic data, ``image_shape``,
+  ``num_classes``, ``train_size``, ``test_size``
+* ``train``: ``iterations``, ``batch_size``, ``optimizer`` (adam | sgd | momentum),
+  ``learning_rate``, ``momentum``, ``weight_decay``, ``lr_drops`` (iterations), ``lr_drop_factor``,
+  ``warmup_iterations``, ``eval_every``, ``test_every_evals`` (0 = no test curve), ``eval_batch_size``
+* ``prune``: ``strategy`` (paper | layerwise | global), ``rules`` (``((regex, rate), ...)``, empty =
+  the model's paper rules), ``global_rate`` (0 = the rules' rate), ``levels``, ``one_shot``,
+  ``rewind_iteration``
+* ``controls``: ``reinit``, ``random_prune`` (bools)
+* ``runtime``: ``devices`` (0 = all), ``log_every_level`` (bool)
+"""
+
+from __future__ import annotations
+
+import re
+
+import ml_collections
+
+OPTIMIZERS = ("adam", "sgd", "momentum")
+STRATEGIES = ("paper", "layerwise", "global")
+SOURCES = ("tfds", "files", "synthetic")
+AUGMENT = ("auto", "on", "off")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The schema with defaults (LeNet-300-100 on MNIST, the paper's setup, one trial)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.trials = 1
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "lenet300_100"
+    c.model.dropout_rate = 0.0
+
+    c.dataset = ml_collections.ConfigDict()
+    c.dataset.name = "mnist"
+    c.dataset.source = "tfds"
+    c.dataset.path = ""
+    c.dataset.data_dir = ""
+    c.dataset.validation_size = 5000
+    c.dataset.augment = "auto"
+    c.dataset.image_shape = (28, 28, 1)
+    c.dataset.num_classes = 10
+    c.dataset.train_size = 2000
+    c.dataset.test_size = 500
+
+    c.train = ml_collections.ConfigDict()
+    c.train.iterations = 50_000
+    c.train.batch_size = 60
+    c.train.optimizer = "adam"
+    c.train.learning_rate = 1.2e-3
+    c.train.momentum = 0.9
+    c.train.weight_decay = 0.0
+    c.train.lr_drops = ()
+    c.train.lr_drop_factor = 0.1
+    c.train.warmup_iterations = 0
+    c.train.eval_every = 100
+    # The test curve: measured at every this many evaluations (1 = every evaluation, the paper's
+    # protocol; 0 = never). Test accuracy at early stop and at the end is measured regardless.
+    c.train.test_every_evals = 1
+    c.train.eval_batch_size = 2500
+
+    c.prune = ml_collections.ConfigDict()
+    c.prune.strategy = "paper"
+    c.prune.rules = ()
+    c.prune.global_rate = 0.0
+    c.prune.levels = 16
+    c.prune.one_shot = False
+    c.prune.rewind_iteration = 0
+
+    c.controls = ml_collections.ConfigDict()
+    c.controls.reinit = True
+    c.controls.random_prune = True
+
+    c.runtime = ml_collections.ConfigDict()
+    c.runtime.devices = 0
+    return c
+
+
+# (iterations, learning rate) of Conv-2/4/6 without and with dropout, from the paper's Fig. 2 and
+# Appendix F.
+CONV_PAPER = {
+    "conv2": {"plain": (20_000, 2e-4), "dropout": (60_000, 3e-4)},
+    "conv4": {"plain": (25_000, 3e-4), "dropout": (75_000, 2e-4)},
+    "conv6": {"plain": (30_000, 3e-4), "dropout": (90_000, 2e-4)},
+}
+
+
+def conv_config(name: str, dropout: bool) -> ml_collections.ConfigDict:
+    """The paper's Conv-2/4/6 setup (CIFAR-10, Adam, batch 60, layerwise pruning), with or without
+    dropout 0.5 (three times the iterations, Appendix F)."""
+    iterations, learning_rate = CONV_PAPER[name]["dropout" if dropout else "plain"]
+    c = base_config()
+    c.model.name = name
+    c.model.dropout_rate = 0.5 if dropout else 0.0
+    c.dataset.name = "cifar10"
+    c.dataset.augment = "off"  # the paper trains Conv-2/4/6 without augmentation
+    c.train.iterations = iterations
+    c.train.batch_size = 60
+    c.train.optimizer = "adam"
+    c.train.learning_rate = learning_rate
+    c.prune.strategy = "paper"  # layerwise: conv 10% (Conv-6: 15%), fc 20%, output 10%
+    c.prune.levels = 18         # fc 0.8^18 = 1.8% of the fc weights
+    c.trials = 5
+    return c
+
+
+def _fail(field: str, message: str):
+    raise ConfigError(f"config.{field}: {message}")
+
+
+def _int_at_least(c, field: str, low: int) -> int:
+    value = c
+    for part in field.split("."):
+        value = value[part]
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(field, f"must be an integer, got {value!r}")
+    if value < low:
+        _fail(field, f"must be >= {low}, got {value}")
+    return value
+
+
+def _choice(c, field: str, options) -> str:
+    value = c
+    for part in field.split("."):
+        value = value[part]
+    if value not in options:
+        _fail(field, f"unknown value {value!r}; choose one of {', '.join(options)}")
+    return value
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Check every field before any training; raise ConfigError naming the first bad field.
+
+    Checks that depend on the data (batch size vs. dataset size) are made by ``lottery`` after
+    loading it.
+    """
+    from lth_jax import models  # local: config sits below models in the layering only for this check
+
+    expected = base_config()
+    for group in expected.keys():
+        if group not in c:
+            _fail(group, "missing group")
+        if isinstance(expected[group], ml_collections.ConfigDict):
+            unknown = sorted(set(c[group].keys()) - set(expected[group].keys()))
+            if unknown:
+                _fail(f"{group}.{unknown[0]}",
+                      f"unknown field; {group} has {', '.join(sorted(expected[group].keys()))}")
+    unknown = sorted(set(c.keys()) - set(expected.keys()))
+    if unknown:
+        _fail(unknown[0], f"unknown field; top-level fields are {', '.join(sorted(expected.keys()))}")
+
+    _int_at_least(c, "seed", 0)
+    _int_at_least(c, "trials", 1)
+    try:
+        models.spec(c.model.name)
+    except ValueError as e:
+        _fail("model.name", str(e))
+    if not 0.0 <= float(c.model.dropout_rate) < 1.0:
+        _fail("model.dropout_rate", f"must be in [0, 1), got {c.model.dropout_rate}")
+
+    source = _choice(c, "dataset.source", SOURCES)
+    if source != "synthetic" and c.dataset.name not in ("mnist", "fashion_mnist", "cifar10"):
+        _fail("dataset.name", f"unknown dataset {c.dataset.name!r} for source {source!r}; "
+                              "choose mnist, fashion_mnist or cifar10 (or source=synthetic)")
+    _int_at_least(c, "dataset.validation_size", 0)
+    _choice(c, "dataset.augment", AUGMENT)
+    if source == "synthetic":
+        shape = tuple(c.dataset.image_shape)
+        if len(shape) != 3 or any((not isinstance(s, int)) or s < 1 for s in shape):
+            _fail("dataset.image_shape", f"must be (height, width, channels), got {shape}")
+        _int_at_least(c, "dataset.num_classes", 2)
+        _int_at_least(c, "dataset.train_size", 1)
+        _int_at_least(c, "dataset.test_size", 1)
+
+    t = c.train
+    iterations = _int_at_least(c, "train.iterations", 1)
+    eval_every = _int_at_least(c, "train.eval_every", 1)
+    if iterations % eval_every:
+        _fail("train.iterations", f"{iterations} is not a multiple of train.eval_every={eval_every}")
+    _int_at_least(c, "train.test_every_evals", 0)
+    _int_at_least(c, "train.batch_size", 1)
+    _int_at_least(c, "train.eval_batch_size", 1)
+    _choice(c, "train.optimizer", OPTIMIZERS)
+    if not float(t.learning_rate) > 0:
+        _fail("train.learning_rate", f"must be > 0, got {t.learning_rate}")
+    if not 0.0 <= float(t.momentum) < 1.0:
+        _fail("train.momentum", f"must be in [0, 1), got {t.momentum}")
+    if not float(t.weight_decay) >= 0:
+        _fail("train.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    for drop in t.lr_drops:
+        if isinstance(drop, bool) or not isinstance(drop, int) or not 0 < drop < iterations:
+            _fail("train.lr_drops", f"{drop!r} is not an iteration in (0, {iterations})")
+    if not 0 < float(t.lr_drop_factor) <= 1:
+        _fail("train.lr_drop_factor", f"must be in (0, 1], got {t.lr_drop_factor}")
+    warmup = _int_at_least(c, "train.warmup_iterations", 0)
+    if warmup > iterations:
+        _fail("train.warmup_iterations", f"{warmup} exceeds train.iterations={iterations}")
+
+    p = c.prune
+    _choice(c, "prune.strategy", STRATEGIES)
+    _int_at_least(c, "prune.levels", 0)
+    for i, rule in enumerate(p.rules):
+        if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)):
+            _fail("prune.rules", f"rule #{i} {rule!r} is not a (regex, rate) pair")
+        try:
+            re.compile(rule[0])
+        except re.error as e:
+            _fail("prune.rules", f"rule #{i}: bad regex {rule[0]!r}: {e}")
+        if not 0.0 <= float(rule[1]) < 1.0:
+            _fail("prune.rules", f"rule #{i} {rule[0]!r}: rate {rule[1]} is outside [0, 1)")
+    if not 0.0 <= float(p.global_rate) < 1.0:
+        _fail("prune.global_rate", f"must be in [0, 1), got {p.global_rate}")
+    rewind = _int_at_least(c, "prune.rewind_iteration", 0)
+    if rewind >= iterations:
+        _fail("prune.rewind_iteration", f"{rewind} must be < train.iterations={iterations}")
+    if rewind % eval_every:
+        _fail("prune.rewind_iteration",
+              f"{rewind} must be a multiple of train.eval_every={eval_every} (θ_k is captured at evaluations)")
+    _int_at_least(c, "runtime.devices", 0)
+    for field in ("reinit", "random_prune"):
+        if not isinstance(c.controls[field], bool):
+            _fail(f"controls.{field}", f"must be True or False, got {c.controls[field]!r}")
+    if not isinstance(p.one_shot, bool):
+        _fail("prune.one_shot", f"must be True or False, got {p.one_shot!r}")

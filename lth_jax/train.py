@@ -1,0 +1,381 @@
+"""Masked training: the optimizer, the masked train step, and a whole training run as one program.
+
+A training run (all iterations, with an evaluation every ``eval_every`` iterations) is a single
+jitted program built from two nested ``lax.scan``s: the outer one over evaluation periods, the inner
+one over the steps of a period. ``make_run_fn`` returns it ``vmap``ped over a leading *run* axis, so
+the trials and controls of a pruning level train together in one program; the mask is a traced
+argument, so every level reuses the same compiled program.
+
+Masks are enforced inside the step, three times: the forward pass sees ``m ⊙ θ``, the gradient is
+masked, and the params after the update are masked again. So a pruned weight is exactly 0.0 after
+every step, whatever the optimizer state (momentum, Adam moments, weight decay) holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from lth_jax import data as data_lib
+from lth_jax import masks as masks_lib
+
+PyTree = Any
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+def learning_rate_schedule(cfg: ml_collections.ConfigDict) -> Callable[[jax.Array], jax.Array]:
+    """``step -> lr``: linear warmup, then piecewise-constant drops.
+
+    ``lr(t) = η · min(1, (t + 1) / W) · γ^{#{d ∈ drops : d ≤ t}}`` with η = ``learning_rate``,
+    W = ``warmup_iterations`` (no warmup when 0), γ = ``lr_drop_factor``. ``t`` is the absolute
+    training iteration (a rewound run that starts at iteration k continues the schedule at k).
+    """
+    base = float(cfg.learning_rate)
+    warmup = int(cfg.warmup_iterations)
+    drops = jnp.asarray(sorted(int(d) for d in cfg.lr_drops), jnp.int32)
+    factor = float(cfg.lr_drop_factor)
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.int32)
+        lr = jnp.float32(base)
+        if warmup > 0:
+            lr = lr * jnp.minimum(1.0, (step + 1).astype(jnp.float32) / warmup)
+        if drops.size:
+            lr = lr * jnp.float32(factor) ** jnp.sum(step >= drops).astype(jnp.float32)
+        return lr
+
+    return schedule
+
+
+def make_direction(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """The optimizer without its learning rate: the update is ``-lr(t) · direction``.
+
+    * ``adam``: Adam's ``m̂ / (√v̂ + ε)`` (b1 0.9, b2 0.999, ε 1e-8);
+    * ``momentum``: ``v ← μ v + g`` (heavy ball, as in PyTorch's SGD);
+    * ``sgd``: ``g``.
+
+    Weight decay λ is L2 regularisation added to the gradient first (``g + λ θ``), as in the paper's
+    SGD setups (the coupled form, not AdamW).
+    """
+    parts = []
+    if float(cfg.weight_decay) > 0:
+        parts.append(optax.add_decayed_weights(float(cfg.weight_decay)))
+    if cfg.optimizer == "adam":
+        parts.append(optax.scale_by_adam())
+    elif cfg.optimizer == "momentum":
+        parts.append(optax.trace(decay=float(cfg.momentum), nesterov=False))
+    elif cfg.optimizer != "sgd":
+        raise ValueError(f"config.train.optimizer: unknown optimizer {cfg.optimizer!r}")
+    return optax.chain(*parts) if parts else optax.identity()
+
+
+# ----------------------------------------------------------------------------- the step
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy; logits [B, C] float, labels [B] int -> [B] float32."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+class TrainState(NamedTuple):
+    """What a training run carries from step to step (one run; stacked along axis 0 when batched)."""
+    params: PyTree
+    batch_stats: PyTree  # {} for models without batch norm
+    opt_state: PyTree
+
+
+def _variables(params, batch_stats):
+    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """The static pieces of a training run: model, optimizer and sizes. Hashable by identity.
+
+    Attributes:
+      model: a Flax module called as ``model.apply(variables, x, train=...)``.
+      direction: optimizer direction (``make_direction``); lr: schedule (``learning_rate_schedule``).
+      iterations, eval_every, batch_size, eval_batch_size: sizes (Python ints).
+      augment: whether training batches get flip + pad-and-crop augmentation.
+      test_every: measure the test curve every this many iterations (a multiple of eval_every; the
+        paper's protocol is every evaluation); 0 = never (the test accuracy at the early-stopping
+        iteration and at the end is measured in any case).
+    """
+    model: nn.Module
+    direction: optax.GradientTransformation
+    lr: Callable[[jax.Array], jax.Array]
+    iterations: int
+    eval_every: int
+    batch_size: int
+    eval_batch_size: int
+    augment: bool
+    test_every: int = 0
+
+    def init_state(self, params: PyTree, batch_stats: PyTree) -> TrainState:
+        """A fresh optimizer state for every training run."""
+        return TrainState(params, batch_stats, self.direction.init(params))
+
+    def step(self, state: TrainState, mask: PyTree, images: jax.Array, labels: jax.Array,
+             step: jax.Array, dropout_key: jax.Array) -> tuple[TrainState, jax.Array]:
+        """One masked SGD/Adam step on a batch. Pure. Returns the new state and the mean loss.
+
+        ``θ ← m ⊙ (θ̃ - lr(t) · d(m ⊙ ∇L(θ̃)))`` with ``θ̃ = m ⊙ θ`` and ``d`` the optimizer direction:
+        the forward pass, the gradient, weight decay and the update all see only the survivors.
+        """
+        params = masks_lib.apply(state.params, mask)
+
+        def loss_fn(params):
+            variables = _variables(params, state.batch_stats)
+            if state.batch_stats:
+                logits, updated = self.model.apply(variables, images, train=True,
+                                                   rngs={"dropout": dropout_key},
+                                                   mutable=["batch_stats"])
+                new_stats = updated["batch_stats"]
+            else:
+                logits = self.model.apply(variables, images, train=True, rngs={"dropout": dropout_key})
+                new_stats = state.batch_stats
+            return jnp.mean(cross_entropy(logits, labels)), new_stats
+
+        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        grads = masks_lib.apply(grads, mask)
+        direction, opt_state = self.direction.update(grads, state.opt_state, params)
+        lr = self.lr(step)
+        params = jax.tree.map(lambda p, d: p - lr * d.astype(p.dtype), params, direction)
+        return TrainState(masks_lib.apply(params, mask), new_stats, opt_state), loss
+
+    def evaluate(self, params: PyTree, batch_stats: PyTree, mask: PyTree, split: "EvalSplit"
+                 ) -> tuple[jax.Array, jax.Array]:
+        """(mean loss, accuracy) of ``m ⊙ θ`` on a padded split, in chunks of ``eval_batch_size``."""
+        variables = _variables(masks_lib.apply(params, mask), batch_stats)
+
+        def chunk(args):
+            x, y, w = args
+            logits = self.model.apply(variables, x, train=False)
+            correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+            return jnp.sum(cross_entropy(logits, y) * w), jnp.sum(correct * w)
+
+        losses, corrects = jax.lax.map(chunk, (split.images, split.labels, split.weights))
+        count = jnp.maximum(jnp.sum(split.weights), 1.0)
+        return jnp.sum(losses) / count, jnp.sum(corrects) / count
+
+
+class EvalSplit(NamedTuple):
+    """An evaluation split reshaped into chunks: images [n_chunks, chunk, H, W, C], labels and
+    weights [n_chunks, chunk]; padding examples have weight 0."""
+    images: jax.Array
+    labels: jax.Array
+    weights: jax.Array
+
+
+def chunk_split(images: np.ndarray, labels: np.ndarray, chunk: int) -> EvalSplit:
+    """Pad a split to a multiple of ``chunk`` (weight 0 for the padding) and reshape into chunks."""
+    n = len(labels)
+    chunk = max(1, min(chunk, max(n, 1)))
+    n_chunks = max(1, -(-n // chunk))
+    pad = n_chunks * chunk - n
+    images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+    labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
+    weights = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+    return EvalSplit(images.reshape((n_chunks, chunk) + images.shape[1:]),
+                     labels.reshape(n_chunks, chunk), weights.reshape(n_chunks, chunk))
+
+
+class DeviceData(NamedTuple):
+    """The dataset on the device: training arrays and the chunked evaluation splits."""
+    train_images: jax.Array
+    train_labels: jax.Array
+    validation: EvalSplit
+    test: EvalSplit
+
+
+def device_data(dataset: data_lib.Dataset, eval_batch_size: int) -> DeviceData:
+    """Put a loaded dataset on the device in the layout the training program reads."""
+    to = lambda tree: jax.tree.map(jnp.asarray, tree)
+    return DeviceData(
+        jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels),
+        to(chunk_split(dataset.validation_images, dataset.validation_labels, eval_batch_size)),
+        to(chunk_split(dataset.test_images, dataset.test_labels, eval_batch_size)))
+
+
+# ----------------------------------------------------------------------------- a whole run
+
+class RunResult(NamedTuple):
+    """The outcome of one training run (arrays gain a leading run axis when batched).
+
+    Curves have one entry per evaluation, at iterations ``start + eval_every · (1..P)``; the test
+    curve is NaN where the test set was not evaluated (see ``Trainer.test_every``).
+    ``best_period`` is the evaluation with the minimum validation loss (the early-stopping point;
+    the first one on ties, -1 if no loss was finite), and ``best_test_loss``/``best_test_accuracy``
+    are measured on the params of that evaluation, and ``final_test_*`` on the final params,
+    whatever ``test_every``.
+    ``nonfinite_step`` is the first iteration whose training loss was NaN/inf, or -1.
+    ``captured_*`` hold params and batch_stats after ``capture_iteration`` (θ_k for rewinding), or
+    the initial ones when no capture was asked for.
+    """
+    params: PyTree
+    batch_stats: PyTree
+    train_loss: jax.Array
+    val_loss: jax.Array
+    val_accuracy: jax.Array
+    test_loss: jax.Array
+    test_accuracy: jax.Array
+    best_period: jax.Array
+    best_test_loss: jax.Array
+    best_test_accuracy: jax.Array
+    final_test_loss: jax.Array
+    final_test_accuracy: jax.Array
+    nonfinite_step: jax.Array
+    captured_params: PyTree
+    captured_batch_stats: PyTree
+
+
+def train_run(trainer: Trainer, data: DeviceData, params: PyTree, batch_stats: PyTree,
+              mask: PyTree, data_key: jax.Array, noise_key: jax.Array, *, start: int = 0,
+              capture_iteration: int = -1) -> RunResult:
+    """Train ``m ⊙ θ`` from iteration ``start`` to ``trainer.iterations`` with periodic evaluation.
+
+    Pure; one run (vmap or map it for several). The data order depends only on ``data_key``: step
+    ``t`` uses ``data.batch_indices(data_key, t, ...)`` (slice ``t mod S`` of the permutation of
+    epoch ``t // S``), so a run that starts at iteration k sees the same batches as the first run
+    did from k on. ``noise_key`` drives dropout and augmentation (folded with the step).
+
+    Every ``eval_every`` iterations the validation loss and accuracy are measured, and the params
+    with the lowest validation loss so far are kept (a select per evaluation), so the test accuracy
+    at the early-stopping iteration is exact even when the test curve is measured more sparsely.
+
+    Args:
+      start, capture_iteration: Python ints; ``capture_iteration`` must be a multiple of
+        ``eval_every`` in ``(start, iterations)`` to capture θ_k, else nothing is captured.
+    """
+    n_train = data.train_labels.shape[0]
+    bs = trainer.batch_size
+    periods = (trainer.iterations - start) // trainer.eval_every
+    capture_period = (capture_iteration - start) // trainer.eval_every - 1 \
+        if capture_iteration > start else -1
+    # test_ratio must agree with tested_evaluations().
+    test_ratio = max(1, trainer.test_every // trainer.eval_every) if trainer.test_every else 0
+
+    def one_step(carry, xs):
+        state, bad = carry
+        step, idx = xs
+        images = data.train_images[idx]
+        if trainer.augment:
+            images = data_lib.augment(jax.random.fold_in(noise_key, 2 * step + 1), images)
+        state, loss = trainer.step(state, mask, images, data.train_labels[idx], step,
+                                   jax.random.fold_in(noise_key, 2 * step))
+        bad = jnp.where((bad < 0) & ~jnp.isfinite(loss), step, bad)
+        return (state, bad), loss
+
+    def test_eval(state):
+        return trainer.evaluate(state.params, state.batch_stats, mask, data.test)
+
+    def one_period(carry, period):
+        state, bad, captured, best = carry
+        first = start + period * trainer.eval_every
+        steps = first + jnp.arange(trainer.eval_every, dtype=jnp.int32)
+        # The batch indices of the whole period at once: one vectorised permutation evaluation
+        # instead of one per step.
+        indices = jax.vmap(lambda t: data_lib.batch_indices(data_key, t, n_train, bs))(steps)
+        (state, bad), losses = jax.lax.scan(one_step, (state, bad), (steps, indices))
+        val_loss, val_acc = trainer.evaluate(state.params, state.batch_stats, mask, data.validation)
+        if test_ratio == 1:
+            test_loss, test_acc = test_eval(state)
+        elif test_ratio > 1:  # `period` is not batched, so this stays a real branch under vmap
+            nan = jnp.full((), jnp.nan, jnp.float32)
+            test_loss, test_acc = jax.lax.cond((period + 1) % test_ratio == 0, test_eval,
+                                               lambda _: (nan, nan), state)
+        else:
+            test_loss = test_acc = jnp.full((), jnp.nan, jnp.float32)
+        best_loss, best_period, best_params, best_stats = best
+        better = val_loss < best_loss  # strict: the first minimum wins; NaN never does
+        best = (jnp.where(better, val_loss, best_loss), jnp.where(better, period, best_period),
+                *jax.tree.map(lambda new, old: jnp.where(better, new, old),
+                              (state.params, state.batch_stats), (best_params, best_stats)))
+        if capture_period >= 0:
+            take = period == capture_period
+            captured = jax.tree.map(lambda new, old: jnp.where(take, new, old),
+                                    (state.params, state.batch_stats), captured)
+        return (state, bad, captured, best), (jnp.mean(losses), val_loss, val_acc, test_loss, test_acc)
+
+    state = trainer.init_state(params, batch_stats)
+    best = (jnp.float32(jnp.inf), jnp.int32(-1), params, batch_stats)
+    carry = (state, jnp.int32(-1), (params, batch_stats), best)
+    (state, bad, captured, best), curves = jax.lax.scan(
+        one_period, carry, jnp.arange(periods, dtype=jnp.int32))
+    best_test = trainer.evaluate(best[2], best[3], mask, data.test)
+    return RunResult(state.params, state.batch_stats, *curves, best[1], *best_test,
+                     *test_eval(state), bad, *captured)
+
+
+def eval_iterations(trainer: Trainer, start: int = 0) -> np.ndarray:
+    """The iterations at which a run from ``start`` evaluates: start + eval_every·(1..P)."""
+    return np.arange(start + trainer.eval_every, trainer.iterations + 1, trainer.eval_every)
+
+
+def tested_evaluations(trainer: Trainer, start: int = 0) -> np.ndarray:
+    """bool per evaluation of ``eval_iterations``: whether the test set was measured there."""
+    periods = len(eval_iterations(trainer, start))
+    if not trainer.test_every:
+        return np.zeros(periods, bool)
+    ratio = max(1, trainer.test_every // trainer.eval_every)
+    return (np.arange(periods) + 1) % ratio == 0
+
+
+def early_stopping(val_loss: np.ndarray, iterations: np.ndarray) -> tuple[int, int]:
+    """(index, iteration) of the minimum validation loss; the first one on ties. NaN never wins."""
+    losses = np.where(np.isfinite(val_loss), val_loss, np.inf)
+    index = int(np.argmin(losses))
+    return index, int(iterations[index])
+
+
+def make_run_fn(trainer: Trainer, *, start: int = 0, capture_iteration: int = -1,
+                batching: str = "vmap", mesh: jax.sharding.Mesh | None = None
+                ) -> Callable[..., RunResult]:
+    """``train_run`` over a leading run axis, jitted (and sharded over ``mesh``'s ``"runs"`` axis).
+
+    The returned function takes ``(data, params, batch_stats, mask, data_key, noise_key)`` where
+    every argument but ``data`` has a leading axis R (the runs: trials × variants) and returns a
+    ``RunResult`` with leading axis R. One compilation per (trainer, start, R, shapes).
+
+    ``batching``: ``"vmap"`` trains the runs in lockstep as one batched computation (best on
+    accelerators, where it fills the chip); ``"map"`` trains them one after another inside the same
+    program (``lax.map``; best on CPUs, where batched small matmuls run slower than plain ones).
+    Both give the same numbers up to floating-point reassociation.
+
+    With a ``mesh``, R must be a multiple of the mesh size; each device trains its own slice of the
+    runs (``shard_map``: no communication between devices during training), the data is
+    replicated on every device.
+    """
+    if batching not in ("vmap", "map"):
+        raise ValueError(f"batching must be 'vmap' or 'map', got {batching!r}")
+
+    def local(data, params, batch_stats, mask, data_key, noise_key):
+        run = lambda p, s, m, dk, nk: train_run(trainer, data, p, s, m, dk, nk, start=start,
+                                                capture_iteration=capture_iteration)
+        if batching == "vmap":
+            return jax.vmap(run)(params, batch_stats, mask, data_key, noise_key)
+        return jax.lax.map(lambda args: run(*args), (params, batch_stats, mask, data_key, noise_key))
+
+    if mesh is None:
+        return jax.jit(local)
+    runs = jax.sharding.PartitionSpec("runs")
+    replicated = jax.sharding.PartitionSpec()
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(replicated,) + (runs,) * 5,
+                            out_specs=runs, check_vma=False)
+    return jax.jit(sharded)
+
+
+def make_trainer(model: nn.Module, train_cfg: ml_collections.ConfigDict, augment: bool) -> Trainer:
+    """A Trainer from ``config.train``."""
+    return Trainer(model=model, direction=make_direction(train_cfg),
+                   lr=learning_rate_schedule(train_cfg), iterations=int(train_cfg.iterations),
+                   eval_every=int(train_cfg.eval_every), batch_size=int(train_cfg.batch_size),
+                   eval_batch_size=int(train_cfg.eval_batch_size), augment=bool(augment),
+                   test_every=int(train_cfg.eval_every) * int(train_cfg.test_every_evals))
