@@ -12,6 +12,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
@@ -54,6 +55,8 @@ def main(argv):
     from lth_jax import data as data_lib
     from lth_jax import lottery
 
+    # Our progress lines go to stdout; library INFO logs (orbax, XLA) would drown them.
+    logging.set_verbosity(logging.WARNING)
     signal.signal(signal.SIGTERM, _on_sigterm)
     workdir = _WORKDIR.value
     config = _CONFIG.value

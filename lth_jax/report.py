@@ -481,13 +481,15 @@ def plot_metric_vs_density(
 
 def mean_curve(records: Iterable[Mapping], level: int, variant: str, key: str = "test_accuracy"):
     """The evaluation curve `key` of the "ok" runs at (level, variant), aligned on
-    ``eval_iterations``: (iterations, mean, min, max) lists over the trials that have a finite value
-    at each iteration. Empty lists if there is none."""
+    ``eval_iterations`` (or, for the test curves, on ``test_iterations`` when a record has them: the
+    test set may be measured at fewer evaluations): (iterations, mean, min, max) lists over the
+    trials that have a finite value at each iteration. Empty lists if there is none."""
     values: dict[int, list[float]] = {}
     for r in records:
         if int(r["level"]) != level or r["variant"] != variant or not _is_ok(r):
             continue
-        its, ys = r.get("eval_iterations") or [], r.get(key) or []
+        axis = "test_iterations" if key.startswith("test_") and "test_iterations" in r else "eval_iterations"
+        its, ys = r.get(axis) or [], r.get(key) or []
         for it, y in zip(its, ys):
             if _finite(y):
                 values.setdefault(int(it), []).append(float(y))

@@ -326,3 +326,17 @@ def test_import_is_cheap_and_defines_no_flags():
 def test_missing_workdir_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         report.write_report(tmp_path / "nope")
+
+
+def test_test_curve_uses_test_iterations_when_present():
+    records = [make_record(0, 0, "ticket"), make_record(1, 0, "ticket")]
+    for r, acc in zip(records, (0.5, 0.7)):
+        r["eval_iterations"] = [100, 200, 300, 400]
+        r["val_accuracy"] = [0.1, 0.2, 0.3, 0.4]
+        r["test_iterations"] = [200, 400]  # test set measured every second evaluation
+        r["test_accuracy"] = [acc, acc + 0.1]
+    its, mean, lo, hi = report.mean_curve(records, 0, "ticket")
+    assert its == [200, 400]
+    assert mean == pytest.approx([0.6, 0.7]) and lo == pytest.approx([0.5, 0.6])
+    its, mean, _, _ = report.mean_curve(records, 0, "ticket", key="val_accuracy")
+    assert its == [100, 200, 300, 400] and mean == pytest.approx([0.1, 0.2, 0.3, 0.4])

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Set up lth_jax and run the quickstart on real data (Fashion-MNIST): LeNet-300-100, 4 pruning levels,
+# 2 trials, both controls; ends by printing the results table. About 2-3 minutes on a 2-core CPU.
+#
+#   bash experiments/quickstart.sh            # venv in .venv, results in runs/quickstart
+#
+# Fashion-MNIST comes from local IDX files. Where they are missing this script tries, in order:
+# Debian's package dataset-fashion-mnist (apt-get, as root), then a download of the four files
+# into ~/.cache/lth_jax/fashion_mnist (needs internet); otherwise it says what to install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+WORKDIR="${WORKDIR:-runs/quickstart}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+"$VENV/bin/python" -m pip install --quiet -e .
+
+FILES="train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz"
+have_files() {
+  for f in $FILES; do [ -f "$1/$f" ] || return 1; done
+}
+DATA=""
+for dir in "${DATA_DIR:-/nonexistent}" "${LTH_JAX_DATA:-/nonexistent}/fashion_mnist" /usr/share/datasets/fashion-mnist "$HOME/.cache/lth_jax/fashion_mnist"; do
+  if have_files "$dir"; then DATA="$dir"; break; fi
+done
+if [ -z "$DATA" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "quickstart: installing Debian's dataset-fashion-mnist ..."
+  if (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+      || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) \
+      && have_files /usr/share/datasets/fashion-mnist; then
+    DATA=/usr/share/datasets/fashion-mnist
+  fi
+fi
+if [ -z "$DATA" ]; then
+  echo "quickstart: downloading Fashion-MNIST into ~/.cache/lth_jax/fashion_mnist ..."
+  if "$VENV/bin/python" - "$HOME/.cache/lth_jax/fashion_mnist" $FILES <<'PY'
+import os, sys, urllib.request
+dest, names = sys.argv[1], sys.argv[2:]
+os.makedirs(dest, exist_ok=True)
+base = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+for name in names:
+    target = os.path.join(dest, name)
+    if not os.path.exists(target):
+        with urllib.request.urlopen(base + name, timeout=30) as r, open(target + ".part", "wb") as f:
+            f.write(r.read())
+        os.replace(target + ".part", target)
+PY
+  then
+    DATA="$HOME/.cache/lth_jax/fashion_mnist"
+  fi
+fi
+if [ -z "$DATA" ]; then
+  cat >&2 <<'MSG'
+quickstart: Fashion-MNIST not found and could not be fetched. Get the four IDX files
+(train/t10k images-idx3 and labels-idx1, .gz) by one of:
+  sudo apt-get install dataset-fashion-mnist          # Debian/Ubuntu: /usr/share/datasets/fashion-mnist
+  or download them into a folder and run:  DATA_DIR=/that/folder bash experiments/quickstart.sh
+MSG
+  exit 1
+fi
+
+echo "quickstart: Fashion-MNIST from $DATA"
+exec "$VENV/bin/python" -m lth_jax.main --config=configs/quickstart.py --workdir="$WORKDIR" \
+  --config.dataset.path="$DATA"

@@ -1,0 +1,90 @@
+"""The paper configs: their hyperparameters, and each builds its model and takes training steps."""
+
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lth_jax import config as config_lib
+from lth_jax import lottery, masks, pruning
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+PAPER = ["lenet300_100", "conv2", "conv4", "conv6", "conv2_dropout", "conv4_dropout",
+         "conv6_dropout", "vgg19", "resnet18"]
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIGS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.mark.parametrize("name", PAPER + ["quickstart", "tiny"])
+def test_config_is_valid(name):
+    config_lib.validate(load(name))
+
+
+def test_paper_hyperparameters():
+    # (iterations, batch, optimizer, lr, warmup, drops, weight decay) from PAPER.md
+    expected = {
+        "lenet300_100": (50_000, 60, "adam", 1.2e-3, 0, (), 0.0),
+        "conv2": (20_000, 60, "adam", 2e-4, 0, (), 0.0),
+        "conv4": (25_000, 60, "adam", 3e-4, 0, (), 0.0),
+        "conv6": (30_000, 60, "adam", 3e-4, 0, (), 0.0),
+        "conv2_dropout": (60_000, 60, "adam", 3e-4, 0, (), 0.0),
+        "conv4_dropout": (75_000, 60, "adam", 2e-4, 0, (), 0.0),
+        "conv6_dropout": (90_000, 60, "adam", 2e-4, 0, (), 0.0),
+        "vgg19": (112_480, 64, "momentum", 0.1, 10_000, (56_240, 84_360), 1e-4),
+        "resnet18": (30_000, 128, "momentum", 0.03, 20_000, (20_000, 25_000), 1e-4),
+    }
+    for name, (its, bs, opt, lr, warmup, drops, wd) in expected.items():
+        t = load(name).train
+        assert (t.iterations, t.batch_size, t.optimizer, t.warmup_iterations, tuple(t.lr_drops)) == \
+            (its, bs, opt, warmup, drops), name
+        assert t.learning_rate == pytest.approx(lr) and t.weight_decay == pytest.approx(wd), name
+        assert load(name).dataset.validation_size == 5000
+    assert load("conv6_dropout").model.dropout_rate == 0.5 and load("conv6").model.dropout_rate == 0.0
+
+
+def shrink_to_synthetic(cfg):
+    lenet = cfg.model.name == "lenet300_100"
+    cfg.dataset.source = cfg.dataset.name = "synthetic"
+    cfg.dataset.image_shape = (28, 28, 1) if lenet else (32, 32, 3)
+    cfg.dataset.train_size, cfg.dataset.test_size, cfg.dataset.validation_size = 40, 8, 8
+    cfg.train.iterations = cfg.train.eval_every = 2
+    cfg.train.batch_size = 4
+    cfg.train.warmup_iterations = 0
+    cfg.train.lr_drops = ()
+    cfg.train.eval_batch_size = 8
+    cfg.trials = 1
+    return cfg
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_builds_model_and_trains_a_few_steps(name):
+    exp = lottery.setup(shrink_to_synthetic(load(name)))
+    variables = jax.jit(exp.init_variables)(jax.random.key(0))
+    params = variables["params"]
+    half = jax.tree.map(lambda r: 0.5 if r > 0 else 0.0, exp.rates)
+    mask = jax.jit(lambda p: pruning.layerwise_magnitude(p, masks.ones_like(p), half))(params)
+    state = exp.trainer.init_state(jax.jit(masks.apply)(params, mask), variables["batch_stats"])
+    x = jnp.asarray(exp.data.train_images[:4])
+    y = jnp.asarray(exp.data.train_labels[:4])
+    step = jax.jit(exp.trainer.step)
+    for t in range(2):
+        state, loss = step(state, mask, x, y, jnp.int32(t), jax.random.key(t))
+        assert np.isfinite(float(loss))
+    changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params),
+                                                          jax.tree.leaves(masks.apply(params, mask)))]
+    assert any(changed)
+    for p, m in zip(jax.tree.leaves(state.params), jax.tree.leaves(mask)):
+        assert np.all(np.asarray(p)[~np.asarray(m)] == 0.0)
+    if name in ("vgg19", "resnet18"):
+        assert exp.strategy == "global" and exp.global_rate == 0.2 and exp.trainer.augment
+        assert variables["batch_stats"]
+    else:
+        assert exp.strategy == "layerwise" and not exp.trainer.augment
