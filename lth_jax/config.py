@@ -14,7 +14,7 @@ Every ``configs/*.py`` starts from ``base_config()`` and sets the paper's values
   the model's paper rules), ``global_rate`` (0 = the rules' rate), ``levels``, ``one_shot``,
   ``rewind_iteration``
 * ``controls``: ``reinit``, ``random_prune`` (bools)
-* ``runtime``: ``devices`` (0 = all), ``log_every_level`` (bool)
+* ``runtime``: ``devices`` (0 = all), ``data_parallel``, ``distributed`` (bools)
 """
 
 from __future__ import annotations
@@ -84,7 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.controls.random_prune = True
 
     c.runtime = ml_collections.ConfigDict()
-    c.runtime.devices = 0
+    c.runtime.devices = 0             # how many devices to use (0 = all)
+    c.runtime.data_parallel = False   # split each batch over the devices (one large run, e.g. VGG-19)
+    c.runtime.distributed = False     # multi-host: call jax.distributed.initialize() first
     return c
 
 
@@ -229,6 +231,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail("prune.rewind_iteration",
               f"{rewind} must be a multiple of train.eval_every={eval_every} (θ_k is captured at evaluations)")
     _int_at_least(c, "runtime.devices", 0)
+    for field in ("data_parallel", "distributed"):
+        if not isinstance(c.runtime[field], bool):
+            _fail(f"runtime.{field}", f"must be True or False, got {c.runtime[field]!r}")
     for field in ("reinit", "random_prune"):
         if not isinstance(c.controls[field], bool):
             _fail(f"controls.{field}", f"must be True or False, got {c.controls[field]!r}")

@@ -116,6 +116,12 @@ def setup(config: ml_collections.ConfigDict) -> Experiment:
     augment = {"on": True, "off": False, "auto": data_lib.needs_augmentation(info)}[
         config.dataset.augment]
     variants = ("ticket",) + tuple(v for v in VARIANTS[1:] if config.controls[v])
+    if config.runtime.data_parallel:
+        devices = int(config.runtime.devices) or jax.device_count()
+        if config.train.batch_size % devices:
+            raise config_lib.ConfigError(
+                f"config.train.batch_size: {config.train.batch_size} does not split evenly over "
+                f"{devices} devices (runtime.data_parallel)")
     return Experiment(config=config, model=model, dataset_info=info,
                       data=train_lib.device_data(dataset, int(config.train.eval_batch_size)),
                       trainer=train_lib.make_trainer(model, config.train, augment),
@@ -191,40 +197,55 @@ class Runner:
     = map on CPUs, vmap on accelerators). Compiled programs are cached per (start, capture, R).
     """
 
-    def __init__(self, exp: Experiment, num_devices: int = 0, batching: str = "auto"):
+    def __init__(self, exp: Experiment, num_devices: int = 0, batching: str = "auto",
+                 data_parallel: bool = False):
         devices = jax.devices()
         self.devices = devices[:num_devices] if num_devices else devices
         self.exp = exp
         if batching == "auto":
             batching = "map" if self.devices[0].platform == "cpu" else "vmap"
         self.batching = batching
+        self.data_parallel = data_parallel
         self._fns: dict[tuple, tuple] = {}
         self._data: dict[int, train_lib.DeviceData] = {}
 
     def _program(self, start: int, capture: int, runs: int):
         key = (start, capture, runs)
-        if key not in self._fns:
-            d = min(runs, len(self.devices))
-            mesh = Mesh(np.array(self.devices[:d]), ("runs",))
-            if d not in self._data:
-                self._data[d] = jax.device_put(self.exp.data, NamedSharding(mesh, PartitionSpec()))
+        if key in self._fns:
+            return self._fns[key]
+        if self.data_parallel:
+            # Every run uses all devices: each training batch is split over them (GSPMD inserts
+            # the gradient all-reduce); params, masks and data are replicated.
+            mesh = Mesh(np.array(self.devices), ("data",))
+            trainer = dataclasses.replace(
+                self.exp.trainer, batch_sharding=NamedSharding(mesh, PartitionSpec("data")))
+            fn = jax.jit(train_lib.make_run_fn(trainer, start=start, capture_iteration=capture,
+                                               batching=self.batching),
+                         out_shardings=NamedSharding(mesh, PartitionSpec()))
+            run_spec = PartitionSpec()
+        else:
+            mesh = Mesh(np.array(self.devices[:min(runs, len(self.devices))]), ("runs",))
             fn = train_lib.make_run_fn(self.exp.trainer, start=start, capture_iteration=capture,
                                        batching=self.batching, mesh=mesh)
-            self._fns[key] = (fn, mesh, self._data[d])
+            run_spec = PartitionSpec("runs")
+        d = (mesh.devices.size, self.data_parallel)
+        if d not in self._data:
+            self._data[d] = jax.device_put(self.exp.data, NamedSharding(mesh, PartitionSpec()))
+        self._fns[key] = (fn, mesh, run_spec, self._data[d])
         return self._fns[key]
 
     def __call__(self, params, batch_stats, mask, data_key, noise_key, *, start: int,
                  capture: int) -> train_lib.RunResult:
         """Train the R runs given with a leading axis R; returns the RunResult as numpy arrays."""
         runs = jax.tree.leaves(mask)[0].shape[0]
-        fn, mesh, data = self._program(start, capture, runs)
-        per = mesh.devices.size
+        fn, mesh, run_spec, data = self._program(start, capture, runs)
+        per = 1 if self.data_parallel else mesh.devices.size
         padded = -(-runs // per) * per
         args = (params, batch_stats, mask, data_key, noise_key)
         if padded != runs:
             args = jax.tree.map(
                 lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], padded - runs, axis=0)]), args)
-        args = jax.device_put(args, NamedSharding(mesh, PartitionSpec("runs")))
+        args = jax.device_put(args, NamedSharding(mesh, run_spec))
         result = fn(data, *args)
         return jax.tree.map(lambda x: np.asarray(x)[:runs], result)
 
@@ -452,7 +473,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
     records = [r for r in records if r["level"] < done]
     _write_records(workdir, records)  # drops records of an unfinished level and any partial line
 
-    runner = Runner(exp, int(cfg.runtime.devices))
+    runner = Runner(exp, int(cfg.runtime.devices), data_parallel=bool(cfg.runtime.data_parallel))
     trials = int(cfg.trials)
     seed = int(cfg.seed)
     k = int(cfg.prune.rewind_iteration)
@@ -464,12 +485,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
     log(f"lth_jax: {cfg.model.name} on {exp.dataset_info.name} ({exp.dataset_info.source}), "
         f"{trials} trial(s), levels 0..{levels}, {cfg.train.iterations} iterations, variants "
         f"{', '.join(exp.variants)}; {len(runner.devices)} {runner.devices[0].platform} device(s), "
-        f"runs batched by {runner.batching}; workdir {workdir}")
+        f"runs batched by {runner.batching}"
+        f"{', each batch split over the devices' if runner.data_parallel else ''}; workdir {workdir}")
     if done:
         log(f"resuming: levels 0..{done - 1} already finished ({len(records)} records kept)")
 
     prepare = jax.jit(lambda theta, mask, level: level_inputs(exp, theta, mask, level))
-    prune_fn = jax.jit(jax.vmap(lambda p, m, level: next_mask(exp, p, m, level, bool(cfg.prune.one_shot)),
+    one_shot = bool(cfg.prune.one_shot)
+    # The level only matters for one-shot pruning (the compound rate); iterative pruning compiles once.
+    prune_fn = jax.jit(jax.vmap(lambda p, m, level: next_mask(exp, p, m, level, one_shot),
                                 in_axes=(0, 0, None)), static_argnums=2)
     level_seconds = []
 
@@ -491,7 +515,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
                            runs=trials) for t in range(trials)]
         _append_records(workdir, new)
         records += new
-        level_seconds.append(seconds)
+        level_seconds.append(seconds / trials)
         _log_level(log, exp, new, 0, seconds, level_seconds, levels)
         done = 1
     init = load_checkpoint(workdir, "init", {"theta0": init_template, "theta_rewind": init_template})
@@ -501,8 +525,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
                 and r["status"] != "ok"}
 
     for level in range(done, levels + 1):
-        source = dense if cfg.prune.one_shot else previous
-        ticket_mask = prune_fn(source["trained_params"], source["mask"], level)
+        source = dense if one_shot else previous
+        ticket_mask = prune_fn(source["trained_params"], source["mask"], level if one_shot else 1)
         runs = expected_runs(exp, level)
         params, stats, run_masks = prepare(init["theta_rewind"], ticket_mask, jnp.int32(level))
         run_masks = jax.tree.map(np.asarray, run_masks)
@@ -524,23 +548,24 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
             skipped = (f"the trial's ticket diverged at level {diverged[t]}"
                        if t in diverged and diverged[t] < level else None)
             new.append(make_record(exp, result, i, trial=t, level=level, variant=variant,
-                                   mask=jax.tree.map(lambda x: x[i], run_masks), start=k, seconds=seconds, runs=len(runs),
-                                   skipped_because=skipped))
+                                   mask=jax.tree.map(lambda x: x[i], run_masks), start=k,
+                                   seconds=seconds, runs=len(runs), skipped_because=skipped))
         for r in new:
             if r["variant"] == "ticket" and r["status"] == "diverged":
                 diverged.setdefault(r["trial"], level)
                 log(f"WARNING: {r['failure']}; later levels of trial {r['trial']} are marked skipped")
         _append_records(workdir, new)
         records += new
-        level_seconds.append(seconds)
+        level_seconds.append(seconds / len(runs))
         _log_level(log, exp, new, level, seconds, level_seconds, levels)
     return records
 
 
-def _log_level(log, exp, new, level, seconds, level_seconds, levels) -> None:
+def _log_level(log, exp, new, level, seconds, seconds_per_run, levels) -> None:
+    """One progress line; the time left is estimated from the median seconds per run so far."""
     tickets_ok = [r for r in new if r["variant"] == "ticket" and r["status"] == "ok"]
-    remaining = levels - level
-    eta = np.median(level_seconds[1:] or level_seconds) * remaining
+    remaining_runs = (levels - level) * len(exp.variants) * int(exp.config.trials)
+    eta = np.median(seconds_per_run[-3:]) * remaining_runs
     if tickets_ok:
         acc = np.mean([r["test_accuracy_at_early_stop"] for r in tickets_ok])
         es = np.mean([r["early_stop_iteration"] for r in tickets_ok])

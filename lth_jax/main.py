@@ -60,6 +60,11 @@ def main(argv):
     signal.signal(signal.SIGTERM, _on_sigterm)
     workdir = _WORKDIR.value
     config = _CONFIG.value
+    if config.runtime.distributed:
+        import jax
+        # Multi-host: coordinator address, process count and id come from the environment
+        # (e.g. on Cloud TPU or SLURM); every host runs the same command.
+        jax.distributed.initialize()
     try:
         lottery.run(config, workdir, log=lambda line: print(line, flush=True))
     except (config_lib.ConfigError, data_lib.DatasetError, lottery.ExperimentError) as e:

@@ -107,6 +107,8 @@ class Trainer:
       test_every: measure the test curve every this many iterations (a multiple of eval_every; the
         paper's protocol is every evaluation); 0 = never (the test accuracy at the early-stopping
         iteration and at the end is measured in any case).
+      batch_sharding: optional ``jax.sharding.Sharding`` of a training batch (data parallelism): the
+        batch is split over its devices and XLA inserts the gradient all-reduce; None = no constraint.
     """
     model: nn.Module
     direction: optax.GradientTransformation
@@ -117,6 +119,7 @@ class Trainer:
     eval_batch_size: int
     augment: bool
     test_every: int = 0
+    batch_sharding: Any = None
 
     def init_state(self, params: PyTree, batch_stats: PyTree) -> TrainState:
         """A fresh optimizer state for every training run."""
@@ -265,10 +268,13 @@ def train_run(trainer: Trainer, data: DeviceData, params: PyTree, batch_stats: P
     def one_step(carry, xs):
         state, bad = carry
         step, idx = xs
-        images = data.train_images[idx]
+        images, labels = data.train_images[idx], data.train_labels[idx]
+        if trainer.batch_sharding is not None:
+            images = jax.lax.with_sharding_constraint(images, trainer.batch_sharding)
+            labels = jax.lax.with_sharding_constraint(labels, trainer.batch_sharding)
         if trainer.augment:
             images = data_lib.augment(jax.random.fold_in(noise_key, 2 * step + 1), images)
-        state, loss = trainer.step(state, mask, images, data.train_labels[idx], step,
+        state, loss = trainer.step(state, mask, images, labels, step,
                                    jax.random.fold_in(noise_key, 2 * step))
         bad = jnp.where((bad < 0) & ~jnp.isfinite(loss), step, bad)
         return (state, bad), loss
@@ -372,10 +378,12 @@ def make_run_fn(trainer: Trainer, *, start: int = 0, capture_iteration: int = -1
     return jax.jit(sharded)
 
 
-def make_trainer(model: nn.Module, train_cfg: ml_collections.ConfigDict, augment: bool) -> Trainer:
-    """A Trainer from ``config.train``."""
+def make_trainer(model: nn.Module, train_cfg: ml_collections.ConfigDict, augment: bool,
+                 batch_sharding: Any = None) -> Trainer:
+    """A Trainer from ``config.train`` (``batch_sharding``: see ``Trainer``)."""
     return Trainer(model=model, direction=make_direction(train_cfg),
                    lr=learning_rate_schedule(train_cfg), iterations=int(train_cfg.iterations),
                    eval_every=int(train_cfg.eval_every), batch_size=int(train_cfg.batch_size),
                    eval_batch_size=int(train_cfg.eval_batch_size), augment=bool(augment),
-                   test_every=int(train_cfg.eval_every) * int(train_cfg.test_every_evals))
+                   test_every=int(train_cfg.eval_every) * int(train_cfg.test_every_evals),
+                   batch_sharding=batch_sharding)
