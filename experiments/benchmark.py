@@ -151,10 +151,12 @@ def main():
     for name, xla_flags, model, batch, batching, eval_every in cases(platform, ncpu):
         if wanted and not any(name.startswith(w) for w in wanted):
             continue
-        iterations = args.iterations if model == "lenet300_100" else max(args.iterations // 10, 100)
-        runs = args.runs if model != "vgg19" else 1
+        # The conv nets are ~200x LeNet's work per step: a short budget and one run per device.
+        iterations = args.iterations if model == "lenet300_100" else 200
+        runs = args.runs if model == "lenet300_100" else (ncpu if platform == "cpu" else 1)
         spec = dict(model=model, batch=batch, batching=batching, eval_every=eval_every,
-                    iterations=iterations, runs=runs, repeats=args.repeats)
+                    iterations=iterations, runs=runs,
+                    repeats=args.repeats if model == "lenet300_100" else 1)
         env = dict(os.environ)
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
         out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env,

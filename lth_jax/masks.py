@@ -11,7 +11,7 @@ host-side helpers.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -55,13 +55,13 @@ def check_matches(params: PyTree, mask: PyTree) -> None:
             a = p_paths[i] if i < len(p_paths) else "<none>"
             b = m_paths[i] if i < len(m_paths) else "<none>"
             if a != b:
-                raise ValueError(
-                        f"mask does not match params: first differing leaf is params '{a}' vs mask '{b}'")
+                raise ValueError("mask does not match params: first differing leaf is "
+                                 f"params '{a}' vs mask '{b}'")
         raise ValueError("mask does not match params: same paths but different container types")
     for (path, p), (_, m) in zip(p_leaves, m_leaves):
         if jnp.shape(p) != jnp.shape(m):
             raise ValueError(f"mask does not match params at '{path_str(path)}': "
-                                              f"params shape {jnp.shape(p)} vs mask shape {jnp.shape(m)}")
+                             f"params shape {jnp.shape(p)} vs mask shape {jnp.shape(m)}")
         if jnp.result_type(m) != jnp.bool_:
             raise TypeError(f"mask leaf '{path_str(path)}' has dtype {jnp.result_type(m)}; masks are bool")
 
@@ -163,16 +163,12 @@ def summary(mask: PyTree, prunable: PyTree | None = None) -> str:
         total_sum += total
         lines.append(f"{path_str(path):<40} {alive:>10,} / {total:>10,}  {100 * alive / max(total, 1):6.2f}%")
     lines.append(f"{'total':<40} {alive_sum:>10,} / {total_sum:>10,}  "
-                              f"{100 * alive_sum / max(total_sum, 1):6.2f}%")
+                 f"{100 * alive_sum / max(total_sum, 1):6.2f}%")
     return "\n".join(lines)
 
 
 def is_subset(mask_new: PyTree, mask_old: PyTree) -> bool:
     """True iff every weight alive in ``mask_new`` is alive in ``mask_old`` (masks only shrink)."""
     return all(bool(np.all(~np.asarray(n) | np.asarray(o)))
-                          for n, o in zip(jax.tree.leaves(mask_new), jax.tree.leaves(mask_old)))
+               for n, o in zip(jax.tree.leaves(mask_new), jax.tree.leaves(mask_old)))
 
-
-def to_numpy(tree: PyTree) -> Mapping:
-    """A copy of ``tree`` with numpy leaves (for saving or comparing on the host)."""
-    return jax.tree.map(np.asarray, tree)
