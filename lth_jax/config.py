@@ -119,7 +119,8 @@ def conv_config(name: str, dropout: bool) -> ml_collections.ConfigDict:
 
 
 def _fail(field: str, message: str):
-    raise ConfigError(f"config.{field}: {message}")
+    # One line, even when a value's repr has several (a ConfigDict's does).
+    raise ConfigError(f"config.{field}: " + " ".join(message.splitlines()).strip())
 
 
 def _int_at_least(c, field: str, low: int) -> int:
@@ -131,6 +132,25 @@ def _int_at_least(c, field: str, low: int) -> int:
     if value < low:
         _fail(field, f"must be >= {low}, got {value}")
     return value
+
+
+def _number(c, field: str) -> float:
+    value = c
+    for part in field.split("."):
+        value = value[part]
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        _fail(field, f"must be a number, got {value!r}")
+
+
+def _sequence(c, field: str) -> tuple:
+    value = c
+    for part in field.split("."):
+        value = value[part]
+    if not isinstance(value, (tuple, list)):
+        _fail(field, f"must be a tuple, got {value!r}")
+    return tuple(value)
 
 
 def _choice(c, field: str, options) -> str:
@@ -153,12 +173,18 @@ def validate(c: ml_collections.ConfigDict) -> None:
     expected = base_config()
     for group in expected.keys():
         if group not in c:
-            _fail(group, "missing group")
+            _fail(group, "missing group" if isinstance(expected[group], ml_collections.ConfigDict)
+                  else "missing field")
         if isinstance(expected[group], ml_collections.ConfigDict):
+            if not isinstance(c[group], ml_collections.ConfigDict):
+                _fail(group, f"must be a group of fields, got {c[group]!r}")
             unknown = sorted(set(c[group].keys()) - set(expected[group].keys()))
             if unknown:
                 _fail(f"{group}.{unknown[0]}",
                       f"unknown field; {group} has {', '.join(sorted(expected[group].keys()))}")
+            missing = sorted(set(expected[group].keys()) - set(c[group].keys()))
+            if missing:
+                _fail(f"{group}.{missing[0]}", "missing field")
     unknown = sorted(set(c.keys()) - set(expected.keys()))
     if unknown:
         _fail(unknown[0], f"unknown field; top-level fields are {', '.join(sorted(expected.keys()))}")
@@ -167,9 +193,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _int_at_least(c, "trials", 1)
     try:
         models.spec(c.model.name)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         _fail("model.name", str(e))
-    if not 0.0 <= float(c.model.dropout_rate) < 1.0:
+    if not 0.0 <= _number(c, "model.dropout_rate") < 1.0:
         _fail("model.dropout_rate", f"must be in [0, 1), got {c.model.dropout_rate}")
 
     source = _choice(c, "dataset.source", SOURCES)
@@ -179,7 +205,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _int_at_least(c, "dataset.validation_size", 0)
     _choice(c, "dataset.augment", AUGMENT)
     if source == "synthetic":
-        shape = tuple(c.dataset.image_shape)
+        shape = _sequence(c, "dataset.image_shape")
         if len(shape) != 3 or any((not isinstance(s, int)) or s < 1 for s in shape):
             _fail("dataset.image_shape", f"must be (height, width, channels), got {shape}")
         _int_at_least(c, "dataset.num_classes", 2)
@@ -195,16 +221,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _int_at_least(c, "train.batch_size", 1)
     _int_at_least(c, "train.eval_batch_size", 1)
     _choice(c, "train.optimizer", OPTIMIZERS)
-    if not float(t.learning_rate) > 0:
+    if not _number(c, "train.learning_rate") > 0:
         _fail("train.learning_rate", f"must be > 0, got {t.learning_rate}")
-    if not 0.0 <= float(t.momentum) < 1.0:
+    if not 0.0 <= _number(c, "train.momentum") < 1.0:
         _fail("train.momentum", f"must be in [0, 1), got {t.momentum}")
-    if not float(t.weight_decay) >= 0:
+    if not _number(c, "train.weight_decay") >= 0:
         _fail("train.weight_decay", f"must be >= 0, got {t.weight_decay}")
-    for drop in t.lr_drops:
+    for drop in _sequence(c, "train.lr_drops"):
         if isinstance(drop, bool) or not isinstance(drop, int) or not 0 < drop < iterations:
             _fail("train.lr_drops", f"{drop!r} is not an iteration in (0, {iterations})")
-    if not 0 < float(t.lr_drop_factor) <= 1:
+    if not 0 < _number(c, "train.lr_drop_factor") <= 1:
         _fail("train.lr_drop_factor", f"must be in (0, 1], got {t.lr_drop_factor}")
     warmup = _int_at_least(c, "train.warmup_iterations", 0)
     if warmup > iterations:
@@ -213,16 +239,20 @@ def validate(c: ml_collections.ConfigDict) -> None:
     p = c.prune
     _choice(c, "prune.strategy", STRATEGIES)
     _int_at_least(c, "prune.levels", 0)
-    for i, rule in enumerate(p.rules):
+    for i, rule in enumerate(_sequence(c, "prune.rules")):
         if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)):
             _fail("prune.rules", f"rule #{i} {rule!r} is not a (regex, rate) pair")
         try:
             re.compile(rule[0])
         except re.error as e:
             _fail("prune.rules", f"rule #{i}: bad regex {rule[0]!r}: {e}")
-        if not 0.0 <= float(rule[1]) < 1.0:
+        try:
+            rate = float(rule[1])
+        except (TypeError, ValueError):
+            _fail("prune.rules", f"rule #{i} {rule[0]!r}: rate {rule[1]!r} is not a number")
+        if not 0.0 <= rate < 1.0:
             _fail("prune.rules", f"rule #{i} {rule[0]!r}: rate {rule[1]} is outside [0, 1)")
-    if not 0.0 <= float(p.global_rate) < 1.0:
+    if not 0.0 <= _number(c, "prune.global_rate") < 1.0:
         _fail("prune.global_rate", f"must be in [0, 1), got {p.global_rate}")
     rewind = _int_at_least(c, "prune.rewind_iteration", 0)
     if rewind >= iterations:

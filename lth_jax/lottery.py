@@ -17,10 +17,13 @@ command continues at the first unfinished level.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -293,13 +296,17 @@ def make_record(exp: Experiment, result: train_lib.RunResult, i: int, *, trial: 
         "test_accuracy": _finite_list(test_curve[tested]),
     }
     failure = None
-    if bad >= 0:
+    if skipped_because:  # before divergence: a run of a diverged trial diverges again, typically
+        failure = skipped_because
+        record["status"] = "skipped"
+    elif bad >= 0:
         failure = (f"non-finite training loss at iteration {bad} "
                    f"(level {level}, variant {variant}, trial {trial})")
         record["status"] = "diverged"
-    elif skipped_because:
-        failure = skipped_because
-        record["status"] = "skipped"
+    elif index < 0:  # e.g. the last step of the only period blew up: no loss saw it
+        failure = (f"no finite validation loss up to iteration {int(iterations[-1])} "
+                   f"(level {level}, variant {variant}, trial {trial})")
+        record["status"] = "diverged"
     if failure:
         record["failure"] = failure
         for field in ("early_stop_iteration", "val_loss_at_early_stop", "val_accuracy_at_early_stop",
@@ -359,22 +366,51 @@ def _ckpt_path(workdir: str, name: str) -> str:
     return os.path.abspath(os.path.join(workdir, "checkpoints", name))
 
 
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT/SIGTERM inside the block and deliver them right after it.
+
+    An exception raised by a signal handler in the middle of orbax's save (its event loop, its
+    threads) leaves them half torn down and may be swallowed by an ``except Exception`` there.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = {sig: signal.signal(sig, lambda signum, _: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for sig in dict.fromkeys(received):
+            signal.raise_signal(sig)
+
+
 def save_checkpoint(workdir: str, name: str, tree: PyTree) -> None:
-    """Write ``tree`` under checkpoints/name atomically (orbax commits by a final rename)."""
+    """Write ``tree`` under checkpoints/name atomically (orbax commits by a final rename).
+    SIGINT/SIGTERM arriving meanwhile take effect once the write is done."""
     path = _ckpt_path(workdir, name)
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    _checkpointer().save(path, jax.tree.map(np.asarray, tree))
+    tree = jax.tree.map(np.asarray, tree)
+    checkpointer = _checkpointer()
+    with _signals_deferred():
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        checkpointer.save(path, tree)
 
 
 def load_checkpoint(workdir: str, name: str, like: PyTree | None = None) -> PyTree:
-    """Read checkpoints/name; with ``like``, check it has the same structure and shapes."""
+    """Read checkpoints/name; with ``like``, check it has the same structure and shapes (when
+    ``like`` is a dict, only the parts of the checkpoint under its keys are checked)."""
     path = _ckpt_path(workdir, name)
     if not os.path.exists(path):
         raise ExperimentError(f"checkpoint {path} does not exist")
     tree = _checkpointer().restore(path)
     if like is not None:
-        got = {p: np.shape(x) for p, x in zip(masks_lib.leaf_paths(tree), jax.tree.leaves(tree))}
+        part = ({k: tree[k] for k in like if k in tree}
+                if isinstance(like, dict) and isinstance(tree, dict) else tree)
+        got = {p: np.shape(x) for p, x in zip(masks_lib.leaf_paths(part), jax.tree.leaves(part))}
         want = {p: np.shape(x) for p, x in zip(masks_lib.leaf_paths(like), jax.tree.leaves(like))}
         if got != want:
             diff = sorted(set(got.items()) ^ set(want.items()))[0]
@@ -513,16 +549,24 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
         new = [make_record(exp, result, t, trial=t, level=0, variant="ticket",
                            mask=jax.tree.map(lambda x: x[t], ones), start=0, seconds=seconds,
                            runs=trials) for t in range(trials)]
+        for r in new:
+            if r["status"] == "diverged":
+                log(f"WARNING: {r['failure']}; later levels of trial {r['trial']} are marked skipped")
         _append_records(workdir, new)
         records += new
         level_seconds.append(seconds / trials)
         _log_level(log, exp, new, 0, seconds, level_seconds, levels)
         done = 1
     init = load_checkpoint(workdir, "init", {"theta0": init_template, "theta_rewind": init_template})
-    dense = load_checkpoint(workdir, "level_000")["ticket"]
-    previous = load_checkpoint(workdir, f"level_{done - 1:03d}")["ticket"]
-    diverged = {r["trial"]: r["level"] for r in records if r["variant"] == "ticket"
-                and r["status"] != "ok"}
+    level_like = {"ticket": {"mask": init_template["params"],
+                             "trained_params": init_template["params"],
+                             "trained_batch_stats": init_template["batch_stats"]}}
+    dense = load_checkpoint(workdir, "level_000", level_like)["ticket"]
+    previous = load_checkpoint(workdir, f"level_{done - 1:03d}", level_like)["ticket"]
+    diverged: dict[int, int] = {}  # trial -> the first level whose ticket failed
+    for r in records:
+        if r["variant"] == "ticket" and r["status"] != "ok":
+            diverged[r["trial"]] = min(r["level"], diverged.get(r["trial"], r["level"]))
 
     for level in range(done, levels + 1):
         source = dense if one_shot else previous
@@ -554,6 +598,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
             if r["variant"] == "ticket" and r["status"] == "diverged":
                 diverged.setdefault(r["trial"], level)
                 log(f"WARNING: {r['failure']}; later levels of trial {r['trial']} are marked skipped")
+            elif r["status"] == "diverged":
+                log(f"WARNING: {r['failure']}")
         _append_records(workdir, new)
         records += new
         level_seconds.append(seconds / len(runs))

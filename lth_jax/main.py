@@ -7,6 +7,7 @@ Running the same command again on the same workdir resumes where it stopped.
 """
 
 import os
+import re
 import signal
 import sys
 
@@ -82,9 +83,32 @@ def main(argv):
         print(f"report: {path}")
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a one-line error (exit 2) naming the field for a bad override.
+
+    ml_collections raises AttributeError/KeyError/TypeError for a mistyped or ill-typed
+    ``--config.*`` field; absl would show a traceback or the whole usage text.
+    """
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 -- any parse failure becomes the one-line error
+        message = " ".join(str(e).replace("\\n", " ").split()).strip("'\"")
+        names = [a.split("=", 1)[0].lstrip("-") for a in argv[1:]]
+        names = [n for n in names if n.startswith("config.")]
+        # The failing override is named in the message (before any "Did you mean" suggestion).
+        named = str(e).split("Did you mean")[0]
+        culprit = next((n for n in names if f"--{n}=" in named), None) or next(
+            (n for n in names if re.search(rf"\b{re.escape(n.rsplit('.', 1)[-1])}\b", named)), "config")
+        if isinstance(e, AttributeError):
+            hint = message[message.find("Did you mean"):] if "Did you mean" in message else ""
+            message = "unknown field" + (f" ({hint})" if hint else "")
+        print(f"lth_jax: error: {culprit}: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def run():
     cpu_device_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -163,7 +163,8 @@ def layerwise_magnitude(params: PyTree, mask: PyTree, rates: PyTree) -> PyTree:
     """
     masks_lib.check_matches(params, mask)
     param_leaves = jax.tree.leaves(params)
-    return _prune_each_leaf(lambda i, _: jnp.abs(param_leaves[i]).astype(jnp.float32), mask, rates)
+    # Cast before abs: |INT_MIN| overflows in its own integer dtype.
+    return _prune_each_leaf(lambda i, _: jnp.abs(param_leaves[i].astype(jnp.float32)), mask, rates)
 
 
 def random(key: jax.Array, mask: PyTree, rates: PyTree) -> PyTree:
@@ -219,7 +220,8 @@ def global_magnitude(params: PyTree, mask: PyTree, rate: float, prunable: PyTree
     chosen = [i for i, s in enumerate(selected) if s]
     if not chosen:
         return mask
-    scores = jnp.concatenate([jnp.abs(param_leaves[i]).astype(jnp.float32).reshape(-1) for i in chosen])
+    scores = jnp.concatenate([jnp.abs(param_leaves[i].astype(jnp.float32)).reshape(-1)
+                              for i in chosen])
     alive = jnp.concatenate([mask_leaves[i].reshape(-1) for i in chosen])
     k = num_to_remove(rate, jnp.sum(alive, dtype=jnp.int32))
     kept = _remove_lowest(scores, alive, k)
