@@ -123,10 +123,16 @@ def _fail(field: str, message: str):
     raise ConfigError(f"config.{field}: " + " ".join(message.splitlines()).strip())
 
 
-def _int_at_least(c, field: str, low: int) -> int:
+def _get(c, field: str):
+    """The value at a dotted path, e.g. ``_get(c, "train.iterations")``."""
     value = c
     for part in field.split("."):
         value = value[part]
+    return value
+
+
+def _int_at_least(c, field: str, low: int) -> int:
+    value = _get(c, field)
     if isinstance(value, bool) or not isinstance(value, int):
         _fail(field, f"must be an integer, got {value!r}")
     if value < low:
@@ -135,9 +141,7 @@ def _int_at_least(c, field: str, low: int) -> int:
 
 
 def _number(c, field: str) -> float:
-    value = c
-    for part in field.split("."):
-        value = value[part]
+    value = _get(c, field)
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -145,18 +149,14 @@ def _number(c, field: str) -> float:
 
 
 def _sequence(c, field: str) -> tuple:
-    value = c
-    for part in field.split("."):
-        value = value[part]
+    value = _get(c, field)
     if not isinstance(value, (tuple, list)):
         _fail(field, f"must be a tuple, got {value!r}")
     return tuple(value)
 
 
 def _choice(c, field: str, options) -> str:
-    value = c
-    for part in field.split("."):
-        value = value[part]
+    value = _get(c, field)
     if value not in options:
         _fail(field, f"unknown value {value!r}; choose one of {', '.join(options)}")
     return value
