@@ -19,6 +19,7 @@ Every ``configs/*.py`` starts from ``base_config()`` and sets the paper's values
 
 from __future__ import annotations
 
+import math
 import re
 
 import ml_collections
@@ -141,11 +142,15 @@ def _int_at_least(c, field: str, low: int) -> int:
 
 
 def _number(c, field: str) -> float:
+    """The field as a finite float (inf or nan would only show up as a diverged run)."""
     value = _get(c, field)
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         _fail(field, f"must be a number, got {value!r}")
+    if not math.isfinite(number):
+        _fail(field, f"must be a finite number, got {value!r}")
+    return number
 
 
 def _sequence(c, field: str) -> tuple:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -388,6 +389,57 @@ def _signals_deferred():
             signal.raise_signal(sig)
 
 
+class _NotedSignals:
+    """While entered, SIGINT/SIGTERM still go to the Python handlers in place (which raise:
+    KeyboardInterrupt, main's Stop) but are also noted, and ``check()`` raises a noted one again.
+
+    An exception raised by a handler inside a garbage-collector callback or a destructor is only
+    printed by Python ("Exception ignored in ..."), and the run would go on to the end: ``run``
+    calls ``check_noted_signals()`` between levels so that such a signal still stops it there.
+    """
+    current: "_NotedSignals | None" = None
+
+    def __enter__(self):
+        self.noted, self.previous = [], {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handler = signal.getsignal(sig)
+                if callable(handler):  # (SIG_DFL/SIG_IGN raise nothing that could be lost)
+                    self.previous[sig] = handler
+                    signal.signal(sig, self._forward)
+        self.outer, _NotedSignals.current = _NotedSignals.current, self
+        return self
+
+    def _forward(self, signum, frame):
+        self.noted.append(signum)
+        self.previous[signum](signum, frame)
+
+    def check(self) -> None:
+        if self.noted:
+            signum = self.noted[-1]
+            self.noted.clear()
+            self.previous[signum](signum, None)
+
+    def __exit__(self, *exc_info):
+        _NotedSignals.current = self.outer
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def check_noted_signals() -> None:
+    """Raise (through its handler) a SIGINT/SIGTERM received since the last check, if any."""
+    if _NotedSignals.current is not None:
+        _NotedSignals.current.check()
+
+
+def _noting_signals(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _NotedSignals():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
 def save_checkpoint(workdir: str, name: str, tree: PyTree) -> None:
     """Write ``tree`` under checkpoints/name atomically (orbax commits by a final rename).
     SIGINT/SIGTERM arriving meanwhile take effect once the write is done."""
@@ -493,6 +545,7 @@ def finished_levels(exp: Experiment, workdir: str, records: list[dict]) -> int:
 
 # ----------------------------------------------------------------------------- the experiment
 
+@_noting_signals
 def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None] = print,
         exp: Experiment | None = None) -> list[dict]:
     """Run (or resume) the whole experiment in ``workdir``; returns all records.
@@ -525,6 +578,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
         f"{', each batch split over the devices' if runner.data_parallel else ''}; workdir {workdir}")
     if done:
         log(f"resuming: levels 0..{done - 1} already finished ({len(records)} records kept)")
+    check_noted_signals()
 
     prepare = jax.jit(lambda theta, mask, level: level_inputs(exp, theta, mask, level))
     one_shot = bool(cfg.prune.one_shot)
@@ -569,6 +623,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
             diverged[r["trial"]] = min(r["level"], diverged.get(r["trial"], r["level"]))
 
     for level in range(done, levels + 1):
+        check_noted_signals()
         source = dense if one_shot else previous
         ticket_mask = prune_fn(source["trained_params"], source["mask"], level if one_shot else 1)
         runs = expected_runs(exp, level)
@@ -604,6 +659,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
         records += new
         level_seconds.append(seconds / len(runs))
         _log_level(log, exp, new, level, seconds, level_seconds, levels)
+    check_noted_signals()
     return records
 
 

@@ -40,8 +40,11 @@ def cpu_device_flags() -> None:
     os.environ["XLA_FLAGS"] = " ".join([flags_env] + extra).strip()
 
 
-class Stop(Exception):
-    """Raised by the SIGTERM handler so that a kill by the scheduler ends like Ctrl-C."""
+class Stop(BaseException):
+    """Raised by the SIGTERM handler so that a kill by the scheduler ends like Ctrl-C.
+
+    A BaseException, like KeyboardInterrupt, so that no library's ``except Exception`` swallows it.
+    """
 
 
 def _on_sigterm(signum, frame):
