@@ -145,6 +145,36 @@ def _get(config: Mapping | None, *keys: str, default: Any = None) -> Any:
     return node
 
 
+def _missing_lines(config: Mapping, missing: list[tuple[int, str, tuple[int, ...]]]) -> list[str]:
+    """Markdown items for `missing`: a level with a run present gets one line per variant with its
+    missing trials; consecutive levels with no run at all share one line ("levels 4–15: not run yet (108 runs)")."""
+    per_level: dict[int, int] = {}
+    for level, _, _ in expected_runs(config):
+        per_level[level] = per_level.get(level, 0) + 1
+    missing_per_level: dict[int, int] = {}
+    for level, _, trials in missing:
+        missing_per_level[level] = missing_per_level.get(level, 0) + len(trials)
+    lines, empty = [], []  # empty: the current run of consecutive levels with no run yet
+
+    def flush():
+        if empty:
+            name = f"level {empty[0]}" if len(empty) == 1 else f"levels {empty[0]}–{empty[-1]}"
+            runs = sum(per_level[level] for level in empty)
+            lines.append(f"- {name}: not run yet ({runs} run{'s' * (runs != 1)})")
+            empty.clear()
+
+    for level, variant, trials in missing:
+        if missing_per_level[level] < per_level[level]:
+            flush()
+            lines.append(f"- level {level}, {variant}: trial(s) {', '.join(map(str, trials))}")
+        elif not empty or empty[-1] != level:  # (a level's later variants are already counted)
+            if empty and empty[-1] != level - 1:
+                flush()
+            empty.append(level)
+    flush()
+    return lines
+
+
 def expected_runs(config: Mapping) -> list[tuple[int, str, int]]:
     """Every (level, variant, trial) the experiment in `config` will produce, sorted.
 
@@ -683,8 +713,7 @@ def _write_report(workdir, *, curve_levels, plots) -> tuple[str, list[SummaryRow
     else:
         missing = missing_runs(config, records)
         if missing:
-            md += [f"- level {level}, {variant}: trial(s) {', '.join(map(str, ts))}"
-                   for level, variant, ts in missing] + [""]
+            md += _missing_lines(config, missing) + [""]
         else:
             md += ["Nothing: every expected run is present.", ""]
 

@@ -213,6 +213,19 @@ def test_partial_results_list_missing(tmp_path):
     read_png_size(wd / "accuracy_vs_density.png")
 
 
+def test_missing_levels_not_started_share_a_line(tmp_path):
+    """Levels with no run at all are grouped into ranges; a partly run level is itemised."""
+    records = [r for r in all_records()
+               if r["level"] == 0 or (r["level"] == 2 and r["variant"] != "ticket")]
+    wd = write_workdir(tmp_path / "run", records)
+    md = open(report.write_report(wd), encoding="utf-8").read()
+    missing = md.split("## Missing\n\n")[1].split("\n\n")[0].splitlines()
+    assert missing == ["- level 1: not run yet (6 runs)", "- level 2, ticket: trial(s) 0, 1"]
+    records = [r for r in all_records() if r["level"] == 1]
+    assert report._missing_lines(CONFIG, report.missing_runs(CONFIG, records)) == [
+        "- level 0: not run yet (2 runs)", "- level 2: not run yet (6 runs)"]
+
+
 def test_missing_without_controls():
     config = dict(CONFIG, controls={"reinit": False, "random_prune": False}, trials=1)
     assert report.expected_runs(config) == [(0, "ticket", 0), (1, "ticket", 0), (2, "ticket", 0)]
@@ -224,7 +237,7 @@ def test_empty_results_still_reports(tmp_path):
     wd = write_workdir(tmp_path / "run", [])
     md = open(report.write_report(wd), encoding="utf-8").read()
     assert "Progress: 0 of 14 expected runs finished." in md
-    assert "- level 0, ticket: trial(s) 0, 1" in md
+    assert md.split("## Missing\n\n")[1].split("\n\n")[0] == "- levels 0–2: not run yet (14 runs)"
     assert not (wd / "curves.png").exists()
 
 
