@@ -68,9 +68,9 @@ def child(spec: dict) -> dict:
     c.dataset.image_shape = (28, 28, 1) if spec["model"] == "lenet300_100" else (32, 32, 3)
     c.dataset.train_size = 55_000 if spec["model"] == "lenet300_100" else 50_000
     lenet = spec["model"] == "lenet300_100"
-    # The paper's 5K validation + 10K test for LeNet; a token 1K + 1K for the train-only conv cases.
-    c.dataset.test_size = 10_000 if lenet or spec["eval_every"] else 1_000
-    c.dataset.validation_size = 5_000 if lenet or spec["eval_every"] else 1_000
+    # The paper's 5K validation + 10K test for LeNet; a token 500 + 500 for the train-only conv cases.
+    c.dataset.test_size = 10_000 if lenet or spec["eval_every"] else 500
+    c.dataset.validation_size = 5_000 if lenet or spec["eval_every"] else 500
     c.dataset.augment = "on" if spec["model"] == "vgg19" else "off"
     c.train.iterations = spec["iterations"]
     c.train.batch_size = spec["batch"]
@@ -135,6 +135,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default="", help="comma-separated name prefixes (default: all)")
     parser.add_argument("--iterations", type=int, default=3000)
+    parser.add_argument("--conv_iterations", type=int, default=0,
+                        help="iterations of the conv cases (default: 30 on a CPU, 200 on a GPU)")
     parser.add_argument("--runs", type=int, default=4, help="runs per level (trials × variants)")
     parser.add_argument("--repeats", type=int, default=2, help="timed calls after the compiling one")
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
@@ -156,7 +158,8 @@ def main():
         if wanted and not any(name.startswith(w) for w in wanted):
             continue
         # The conv nets are ~200x LeNet's work per step: a short budget and one run per device.
-        iterations = args.iterations if model == "lenet300_100" else 200
+        iterations = args.iterations if model == "lenet300_100" else (
+            args.conv_iterations or (30 if platform == "cpu" else 200))
         runs = args.runs if model == "lenet300_100" else (ncpu if platform == "cpu" else 1)
         spec = dict(model=model, batch=batch, batching=batching, eval_every=eval_every,
                     iterations=iterations, runs=runs,
