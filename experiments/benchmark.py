@@ -1,6 +1,7 @@
 r"""Training throughput of lth_jax: model-steps/s, examples/s, GFLOP/s against the machine's matmul rate.
 
-    python experiments/benchmark.py                 # all cases, ~5 minutes on a 2-core CPU
+    python experiments/benchmark.py                 # all cases (LeNet's: ~6 minutes on a 2-core CPU;
+                                                    # Conv-2's did not finish in 500 s there)
     python experiments/benchmark.py --cases=lenet   # a subset (comma-separated name prefixes)
     python experiments/benchmark.py --iterations=4000 --runs=4
 
