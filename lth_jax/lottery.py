@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import os
 import shutil
@@ -395,9 +394,8 @@ class _NotedSignals:
 
     An exception raised by a handler inside a garbage-collector callback or a destructor is only
     printed by Python ("Exception ignored in ..."), and the run would go on to the end: ``run``
-    calls ``check_noted_signals()`` between levels so that such a signal still stops it there.
+    calls ``check()`` between levels so that such a signal still stops it there.
     """
-    current: "_NotedSignals | None" = None
 
     def __enter__(self):
         self.noted, self.previous = [], {}
@@ -407,7 +405,6 @@ class _NotedSignals:
                 if callable(handler):  # (SIG_DFL/SIG_IGN raise nothing that could be lost)
                     self.previous[sig] = handler
                     signal.signal(sig, self._forward)
-        self.outer, _NotedSignals.current = _NotedSignals.current, self
         return self
 
     def _forward(self, signum, frame):
@@ -415,29 +412,15 @@ class _NotedSignals:
         self.previous[signum](signum, frame)
 
     def check(self) -> None:
+        """Raise (through its handler) a SIGINT/SIGTERM received since the last check, if any."""
         if self.noted:
             signum = self.noted[-1]
             self.noted.clear()
             self.previous[signum](signum, None)
 
     def __exit__(self, *exc_info):
-        _NotedSignals.current = self.outer
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
-
-
-def check_noted_signals() -> None:
-    """Raise (through its handler) a SIGINT/SIGTERM received since the last check, if any."""
-    if _NotedSignals.current is not None:
-        _NotedSignals.current.check()
-
-
-def _noting_signals(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with _NotedSignals():
-            return fn(*args, **kwargs)
-    return wrapper
 
 
 def save_checkpoint(workdir: str, name: str, tree: PyTree) -> None:
@@ -545,7 +528,6 @@ def finished_levels(exp: Experiment, workdir: str, records: list[dict]) -> int:
 
 # ----------------------------------------------------------------------------- the experiment
 
-@_noting_signals
 def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None] = print,
         exp: Experiment | None = None) -> list[dict]:
     """Run (or resume) the whole experiment in ``workdir``; returns all records.
@@ -553,6 +535,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
     Levels already finished in ``workdir`` are kept; the first unfinished level starts again from
     its checkpointed inputs, so the final records equal an uninterrupted run's (timing fields aside).
     """
+    with _NotedSignals() as signals:
+        return _run(config, workdir, log, exp, signals.check)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None],
+         exp: Experiment | None, check_signals: Callable[[], None]) -> list[dict]:
     exp = exp or setup(config)
     cfg = exp.config
     prepare_workdir(cfg, workdir)
@@ -578,7 +566,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
         f"{', each batch split over the devices' if runner.data_parallel else ''}; workdir {workdir}")
     if done:
         log(f"resuming: levels 0..{done - 1} already finished ({len(records)} records kept)")
-    check_noted_signals()
+    check_signals()
 
     prepare = jax.jit(lambda theta, mask, level: level_inputs(exp, theta, mask, level))
     one_shot = bool(cfg.prune.one_shot)
@@ -623,7 +611,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
             diverged[r["trial"]] = min(r["level"], diverged.get(r["trial"], r["level"]))
 
     for level in range(done, levels + 1):
-        check_noted_signals()
+        check_signals()
         source = dense if one_shot else previous
         ticket_mask = prune_fn(source["trained_params"], source["mask"], level if one_shot else 1)
         runs = expected_runs(exp, level)
@@ -659,7 +647,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
         records += new
         level_seconds.append(seconds / len(runs))
         _log_level(log, exp, new, level, seconds, level_seconds, levels)
-    check_noted_signals()
+    check_signals()
     return records
 
 
