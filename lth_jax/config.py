@@ -3,10 +3,11 @@
 Every ``configs/*.py`` starts from ``base_config()`` and sets the paper's values. Fields:
 
 * ``seed``, ``trials``
-* ``model``: ``name`` (see ``lth_jax.models.names()``), ``dropout_rate``
+* ``model``: ``name`` (see ``lth_jax.models.names()``), ``dropout_rate``, ``conv`` (auto | xla |
+  canonical_vjp: the convolution implementation)
 * ``dataset``: ``name``, ``source`` (tfds | files | synthetic), ``path``, ``data_dir``,
-  ``validation_size``, ``augment`` (auto | on | off) and, for synthetic data, ``image_shape``,
-  ``num_classes``, ``train_size``, ``test_size``
+  ``validation_size``, ``augment`` (auto | on | off) and, for synthetic data, ``image_shape`` (() =
+  the shape of ``name``), ``num_classes``, ``train_size``, ``test_size``
 * ``train``: ``iterations``, ``batch_size``, ``optimizer`` (adam | sgd | momentum),
   ``learning_rate``, ``momentum``, ``weight_decay``, ``lr_drops`` (iterations), ``lr_drop_factor``,
   ``warmup_iterations``, ``eval_every``, ``test_every_evals`` (0 = no test curve), ``eval_batch_size``
@@ -28,6 +29,7 @@ OPTIMIZERS = ("adam", "sgd", "momentum")
 STRATEGIES = ("paper", "layerwise", "global")
 SOURCES = ("tfds", "files", "synthetic")
 AUGMENT = ("auto", "on", "off")
+CONVOLUTIONS = ("auto", "xla", "canonical_vjp")  # = lth_jax.models.convolution.IMPLEMENTATIONS
 
 
 class ConfigError(ValueError):
@@ -43,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "lenet300_100"
     c.model.dropout_rate = 0.0
+    # Convolution implementation (conv nets): "auto" = "canonical_vjp" on CPU (gradients as canonical
+    # convolutions, fast inside XLA:CPU loops), "xla" on GPU/TPU. See lth_jax.models.convolution.
+    c.model.conv = "auto"
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "mnist"
@@ -51,10 +56,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.data_dir = ""
     c.dataset.validation_size = 5000
     c.dataset.augment = "auto"
-    c.dataset.image_shape = (28, 28, 1)
+    # Synthetic data only. image_shape () = the shape of the dataset `name` (cifar10: 32x32x3,
+    # mnist/fashion_mnist: 28x28x1), so `--config.dataset.source=synthetic` keeps a config's model
+    # and FLOPs. train_size exceeds validation_size's default, so any config runs on synthetic data.
+    c.dataset.image_shape = ()
     c.dataset.num_classes = 10
-    c.dataset.train_size = 2000
-    c.dataset.test_size = 500
+    c.dataset.train_size = 10_000
+    c.dataset.test_size = 2_000
 
     c.train = ml_collections.ConfigDict()
     c.train.iterations = 50_000
@@ -200,6 +208,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
         models.spec(c.model.name)
     except (ValueError, TypeError) as e:
         _fail("model.name", str(e))
+    _choice(c, "model.conv", CONVOLUTIONS)
     if not 0.0 <= _number(c, "model.dropout_rate") < 1.0:
         _fail("model.dropout_rate", f"must be in [0, 1), got {c.model.dropout_rate}")
 
@@ -211,8 +220,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _choice(c, "dataset.augment", AUGMENT)
     if source == "synthetic":
         shape = _sequence(c, "dataset.image_shape")
-        if len(shape) != 3 or any((not isinstance(s, int)) or s < 1 for s in shape):
-            _fail("dataset.image_shape", f"must be (height, width, channels), got {shape}")
+        if shape and (len(shape) != 3 or any((not isinstance(s, int)) or s < 1 for s in shape)):
+            _fail("dataset.image_shape", f"must be (height, width, channels) or () for the shape "
+                                         f"of dataset.name, got {shape}")
         _int_at_least(c, "dataset.num_classes", 2)
         _int_at_least(c, "dataset.train_size", 1)
         _int_at_least(c, "dataset.test_size", 1)

@@ -121,7 +121,7 @@ _DEFAULTS: dict[str, Any] = {
     "data_dir": None,
     "validation_size": 5000,
     # synthetic only
-    "image_shape": (28, 28, 1),
+    "image_shape": None,  # None or (): the named dataset's shape if it is a known one, else 28x28x1
     "num_classes": 10,
     "train_size": 60000,
     "test_size": 10000,
@@ -167,7 +167,8 @@ def load(config: Any, seed: int = 0) -> Dataset:
           then /usr/share/datasets/<name>, each also with the hyphenated name ("fashion-mnist").
         data_dir: TFDS data dir (source="tfds"); None uses TFDS's default.
         validation_size: examples held out of the training split (default 5000; 0 allowed).
-        synthetic only: image_shape (default (28, 28, 1)), num_classes (10), train_size (60000),
+        synthetic only: image_shape (default: the shape of the dataset `name` if it is a known
+          one, e.g. 32x32x3 for "cifar10", else (28, 28, 1)), num_classes (10), train_size (60000),
           test_size (10000), noise (per-pixel std; default sqrt(H*W*C / 196)).
         Missing or None fields get these defaults; unknown fields are ignored.
       seed: non-negative int. Picks the validation split (and the synthetic data). The same
@@ -611,6 +612,10 @@ def _synthetic(config: Any, seed: int) -> _Raw:
     any image size, so a linear model beats chance clearly but not trivially. Deterministic in
     (config, seed)."""
     shape = _field(config, "image_shape")
+    if shape is None or (isinstance(shape, (tuple, list)) and len(shape) == 0):
+        # Synthetic stand-in for a real dataset: the real one's shape (a CIFAR-10 config gets
+        # 32x32x3 images, so its model and FLOPs are the real ones).
+        shape = _KNOWN.get(str(_field(config, "name")), ((28, 28, 1), 10))[0]
     try:
         shape = tuple(int(d) for d in shape)
     except (TypeError, ValueError):

@@ -88,7 +88,8 @@ def test_unknown_option_is_named():
     with pytest.raises(ValueError, match="width_multiplier"):
         models.create("conv2", width_multiplier=2)
     assert models.create("conv4", dropout_rate=0.5).dropout_rate == 0.5
-    assert models.default_options("conv6") == {"num_classes": 10, "dropout_rate": 0.0}
+    assert models.default_options("conv6") == {"num_classes": 10, "dropout_rate": 0.0, "conv": "auto"}
+    assert models.default_options("resnet20") == {"num_classes": 10, "conv": "auto"}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lth_jax.models.convolution import conv_function
 from lth_jax.models.lenet import BIAS_INIT, KERNEL_INIT
 
 
@@ -39,14 +40,16 @@ class ConvNet(nn.Module):
     widths: Sequence[int] = (64,)
     num_classes: int = 10
     dropout_rate: float = 0.0
+    conv: str = "auto"  # convolution implementation, see lth_jax.models.convolution.resolve
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = jnp.asarray(x, jnp.float32)
+        conv = conv_function(self.conv)
         for width in self.widths:
             for _ in range(2):
                 x = nn.Conv(width, (3, 3), padding="SAME", kernel_init=KERNEL_INIT,
-                            bias_init=BIAS_INIT)(x)
+                            bias_init=BIAS_INIT, conv_general_dilated=conv)(x)
                 x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))
@@ -57,16 +60,16 @@ class ConvNet(nn.Module):
         return nn.Dense(self.num_classes, kernel_init=KERNEL_INIT, bias_init=BIAS_INIT)(x)
 
 
-def conv2(*, num_classes: int = 10, dropout_rate: float = 0.0) -> ConvNet:
+def conv2(*, num_classes: int = 10, dropout_rate: float = 0.0, conv: str = "auto") -> ConvNet:
     """Builds Conv-2 (conv 64,64, pool; FC 256-256-num_classes)."""
-    return ConvNet(widths=(64,), num_classes=num_classes, dropout_rate=dropout_rate)
+    return ConvNet(widths=(64,), num_classes=num_classes, dropout_rate=dropout_rate, conv=conv)
 
 
-def conv4(*, num_classes: int = 10, dropout_rate: float = 0.0) -> ConvNet:
+def conv4(*, num_classes: int = 10, dropout_rate: float = 0.0, conv: str = "auto") -> ConvNet:
     """Builds Conv-4 (conv 64,64, pool, 128,128, pool; FC 256-256-num_classes)."""
-    return ConvNet(widths=(64, 128), num_classes=num_classes, dropout_rate=dropout_rate)
+    return ConvNet(widths=(64, 128), num_classes=num_classes, dropout_rate=dropout_rate, conv=conv)
 
 
-def conv6(*, num_classes: int = 10, dropout_rate: float = 0.0) -> ConvNet:
+def conv6(*, num_classes: int = 10, dropout_rate: float = 0.0, conv: str = "auto") -> ConvNet:
     """Builds Conv-6 (conv 64,64, pool, 128,128, pool, 256,256, pool; FC 256-256-num_classes)."""
-    return ConvNet(widths=(64, 128, 256), num_classes=num_classes, dropout_rate=dropout_rate)
+    return ConvNet(widths=(64, 128, 256), num_classes=num_classes, dropout_rate=dropout_rate, conv=conv)

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lth_jax.models.convolution import conv_function
 from lth_jax.models.lenet import BIAS_INIT, KERNEL_INIT
 from lth_jax.models.vgg import BN_EPSILON, BN_MOMENTUM
 
@@ -36,19 +37,22 @@ class BasicBlock(nn.Module):
 
     features: int
     strides: int = 1
+    conv: str = "auto"  # convolution implementation, see lth_jax.models.convolution.resolve
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        conv = conv_function(self.conv)
         y = nn.Conv(self.features, (3, 3), strides=(self.strides, self.strides), padding="SAME",
-                    use_bias=False, kernel_init=KERNEL_INIT)(x)
+                    use_bias=False, kernel_init=KERNEL_INIT, conv_general_dilated=conv)(x)
         y = nn.relu(_batch_norm(train)(y))
         y = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False,
-                    kernel_init=KERNEL_INIT)(y)
+                    kernel_init=KERNEL_INIT, conv_general_dilated=conv)(y)
         y = _batch_norm(train)(y)
         shortcut = x
         if self.strides != 1 or x.shape[-1] != self.features:
             shortcut = nn.Conv(self.features, (1, 1), strides=(self.strides, self.strides),
-                               use_bias=False, kernel_init=KERNEL_INIT, name="shortcut_conv")(x)
+                               use_bias=False, kernel_init=KERNEL_INIT, conv_general_dilated=conv,
+                               name="shortcut_conv")(x)
             shortcut = _batch_norm(train, name="shortcut_bn")(shortcut)
         return nn.relu(y + shortcut)
 
@@ -64,22 +68,23 @@ class ResNet(nn.Module):
     widths: Sequence[int] = (16, 32, 64)
     blocks_per_stage: int = 3
     num_classes: int = 10
+    conv: str = "auto"  # convolution implementation, see lth_jax.models.convolution.resolve
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = jnp.asarray(x, jnp.float32)
         x = nn.Conv(self.widths[0], (3, 3), padding="SAME", use_bias=False,
-                    kernel_init=KERNEL_INIT)(x)
+                    kernel_init=KERNEL_INIT, conv_general_dilated=conv_function(self.conv))(x)
         x = nn.relu(_batch_norm(train)(x))
         for stage, width in enumerate(self.widths):
             for block in range(self.blocks_per_stage):
                 # Downsample at the first block of every stage but the first.
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(width, strides)(x, train=train)
+                x = BasicBlock(width, strides, conv=self.conv)(x, train=train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, kernel_init=KERNEL_INIT, bias_init=BIAS_INIT)(x)
 
 
-def resnet20(*, num_classes: int = 10) -> ResNet:
+def resnet20(*, num_classes: int = 10, conv: str = "auto") -> ResNet:
     """Builds the CIFAR ResNet-20 that the paper calls ResNet-18."""
-    return ResNet(widths=(16, 32, 64), blocks_per_stage=3, num_classes=num_classes)
+    return ResNet(widths=(16, 32, 64), blocks_per_stage=3, num_classes=num_classes, conv=conv)

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lth_jax.models.convolution import conv_function
 from lth_jax.models.lenet import BIAS_INIT, KERNEL_INIT
 
 # Batch-norm settings shared with the ResNet: PyTorch-style momentum 0.1 == Flax momentum 0.9.
@@ -38,14 +39,16 @@ class VGG(nn.Module):
 
     stages: Sequence[tuple[int, int]] = VGG19_STAGES
     num_classes: int = 10
+    conv: str = "auto"  # convolution implementation, see lth_jax.models.convolution.resolve
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = jnp.asarray(x, jnp.float32)
+        conv = conv_function(self.conv)
         for i, (width, depth) in enumerate(self.stages):
             for _ in range(depth):
                 x = nn.Conv(width, (3, 3), padding="SAME", use_bias=False,
-                            kernel_init=KERNEL_INIT)(x)
+                            kernel_init=KERNEL_INIT, conv_general_dilated=conv)(x)
                 x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
                                  epsilon=BN_EPSILON)(x)
                 x = nn.relu(x)
@@ -55,6 +58,6 @@ class VGG(nn.Module):
         return nn.Dense(self.num_classes, kernel_init=KERNEL_INIT, bias_init=BIAS_INIT)(x)
 
 
-def vgg19(*, num_classes: int = 10) -> VGG:
+def vgg19(*, num_classes: int = 10, conv: str = "auto") -> VGG:
     """Builds the CIFAR VGG-19 of the paper."""
-    return VGG(stages=VGG19_STAGES, num_classes=num_classes)
+    return VGG(stages=VGG19_STAGES, num_classes=num_classes, conv=conv)

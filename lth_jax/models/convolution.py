@@ -1,0 +1,172 @@
+"""Convolutions whose backward pass runs fast inside loops on XLA:CPU.
+
+Why: ``jax.grad`` of an NHWC/HWIO convolution emits two convolutions in non-standard layouts (the
+input gradient with ``b01f_01oi->b01f``, the kernel gradient with ``f01b_i01o->01bf``). XLA:CPU
+rewrites such convolutions into its fast standard layout only in a program's entry computation; inside
+a while loop (``lax.scan``, ``lax.map``) they stay and run through its naive convolution code, 85×
+slower for Conv-2 (``../shared/notes/conv-on-xla-cpu.md``). A whole training run here is one scanned
+program, so every gradient convolution sits in a loop.
+
+:func:`canonical_conv_general_dilated` is ``lax.conv_general_dilated`` with a custom VJP made only of
+canonical forward convolutions (NHWC input, HWIO kernel, NHWC output, stride 1, no dilation) plus
+transposes, pads and flips, which XLA:CPU runs in its fast library wherever they sit. For a forward
+convolution ``y = x ⋆ w`` with strides ``s``, padding ``(p_lo, p_hi)`` and kernel size ``k`` per
+spatial axis:
+
+* input gradient: ``dx = pad(dilate_s(dy), (k-1-p_lo, H+p_lo-(H_out-1)·s-1)) ⋆ flip(w)ᵀ`` where
+  ``dilate_s`` puts ``s-1`` zeros between the elements of ``dy`` (interior padding), ``flip`` reverses
+  the spatial axes and ``ᵀ`` swaps the kernel's in and out channels;
+* kernel gradient: ``dw = (pad(x, (p_lo, k+(H_out-1)·s-H-p_lo)) as (C_in, H, W, N)) ⋆ (dilate_s(dy)
+  as (H, W, N, C_out))`` — a convolution with the batch and channel roles swapped, whose output
+  ``(C_in, k_h, k_w, C_out)`` is transposed back to HWIO.
+
+Both equal ``jax.grad`` of ``lax.conv_general_dilated`` up to float32 reassociation (tested). A strided
+layer's gradients cost ``s²`` times the FLOPs of the output gradient's zeros; only ResNet-20's two
+downsampling blocks (and their 1×1 shortcuts) have strides.
+
+The implementation is chosen per model with ``conv = "auto" | "xla" | "canonical_vjp"`` (see
+:func:`resolve`): "auto" is "canonical_vjp" on CPUs and "xla" (cuDNN's own kernels, no custom VJP) on
+GPUs and TPUs, where XLA's gradient convolutions are not slowed by loops.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["IMPLEMENTATIONS", "Conv", "canonical_conv_general_dilated", "conv_function", "resolve"]
+
+IMPLEMENTATIONS = ("auto", "xla", "canonical_vjp")
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def resolve(conv: str, platform: str | None = None) -> str:
+    """The concrete implementation for ``conv`` on ``platform`` (default: JAX's default backend).
+
+    ``"auto"`` is ``"canonical_vjp"`` on ``"cpu"`` and ``"xla"`` elsewhere: measured on XLA:CPU the
+    canonical VJP is ~85× faster inside a scan (BUILD_NOTES.md); on GPU/TPU XLA's own convolutions
+    go to cuDNN / the TPU's convolution units in any layout, and a custom VJP could only hide the
+    pattern from XLA's fusions. Raises ``ValueError`` for an unknown name.
+    """
+    if conv not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown convolution {conv!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
+    if conv != "auto":
+        return conv
+    platform = platform or jax.default_backend()
+    return "canonical_vjp" if platform == "cpu" else "xla"
+
+
+def conv_function(conv: str, platform: str | None = None) -> Callable[..., jax.Array]:
+    """The ``conv_general_dilated`` function for ``nn.Conv(conv_general_dilated=...)``."""
+    return (canonical_conv_general_dilated if resolve(conv, platform) == "canonical_vjp"
+            else lax.conv_general_dilated)
+
+
+def _is_canonical(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any) -> bool:
+    if lhs.ndim != 4 or rhs.ndim != 4:
+        return False
+    if dimension_numbers is None:  # lax's default is NCHW/OIHW/NCHW
+        return False
+    wanted = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+    given = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    return given == wanted
+
+
+def canonical_conv_general_dilated(
+    lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]], lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
+    feature_group_count: int = 1, batch_group_count: int = 1, precision: Any = None,
+    preferred_element_type: Any = None) -> jax.Array:
+    """``lax.conv_general_dilated`` whose gradients are canonical forward convolutions.
+
+    Same signature and result as ``lax.conv_general_dilated``. The custom VJP covers the case every
+    network here uses: 2-D, NHWC input, HWIO kernel, NHWC output, any strides and padding (SAME,
+    VALID or explicit pairs), no input/kernel dilation, one feature and batch group. Any other case
+    is passed to ``lax.conv_general_dilated`` unchanged (correct, but slow inside loops on XLA:CPU).
+    Pure; works under ``jit``, ``vmap``, ``grad`` (first order; the VJP itself is differentiable too).
+    """
+    plain = functools.partial(
+        lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+        precision=precision, preferred_element_type=preferred_element_type)
+    undilated = all(d == 1 for d in (lhs_dilation or (1, 1))) and \
+        all(d == 1 for d in (rhs_dilation or (1, 1)))
+    if (not _is_canonical(lhs, rhs, dimension_numbers) or not undilated
+            or feature_group_count != 1 or batch_group_count != 1
+            or preferred_element_type is not None):
+        return plain()
+    strides = tuple(int(s) for s in window_strides)
+    if isinstance(padding, str):
+        pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+    else:
+        pads = padding
+    pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+    return _conv(lhs, rhs, strides, pads, precision)
+
+
+def _forward(x, w, strides, pads, precision):
+    return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC,
+                                    precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, w, strides, pads, precision):
+    return _forward(x, w, strides, pads, precision)
+
+
+def _conv_fwd(x, w, strides, pads, precision):
+    return _forward(x, w, strides, pads, precision), (x, w)
+
+
+def _dilate_and_pad(a: jax.Array, strides, edges) -> jax.Array:
+    """Insert ``s-1`` zeros between the elements of ``a``'s spatial axes (1 and 2) and pad (or crop,
+    for negative amounts) their edges by ``edges[i] = (lo, hi)``; one ``lax.pad``."""
+    config = [(0, 0, 0)] + [(lo, hi, s - 1) for (lo, hi), s in zip(edges, strides)] + [(0, 0, 0)]
+    return lax.pad(a, jnp.zeros((), a.dtype), config)
+
+
+def _conv_bwd(strides, pads, precision, residuals, dy):
+    x, w = residuals
+    spatial_in, kernel, spatial_out = x.shape[1:3], w.shape[:2], dy.shape[1:3]
+    # Length of dy once dilated by the strides: (H_out - 1)·s + 1 per spatial axis.
+    dilated = [(o - 1) * s + 1 for o, s in zip(spatial_out, strides)]
+
+    # Input gradient: full correlation of the dilated output gradient with the flipped kernel,
+    # channels swapped (HWIO with I = C_out, O = C_in), cropped/padded to the input's size.
+    edges = [(k - 1 - lo, n + lo - d) for n, k, (lo, _), d in zip(spatial_in, kernel, pads, dilated)]
+    dy_padded = _dilate_and_pad(dy, strides, edges)
+    w_flipped = jnp.swapaxes(w[::-1, ::-1], 2, 3)
+    dx = lax.conv_general_dilated(dy_padded, w_flipped, (1, 1), "VALID", dimension_numbers=_NHWC,
+                                  precision=precision)
+
+    # Kernel gradient: batch and channel roles swapped. x as (C_in, H, W, N) is the input, the dilated
+    # dy as (H, W, N, C_out) the kernel; the output (C_in, k_h, k_w, C_out) is transposed to HWIO.
+    x_edges = [(lo, k + d - 1 - n - lo) for n, k, (lo, _), d in zip(spatial_in, kernel, pads, dilated)]
+    x_padded = _dilate_and_pad(x, (1, 1), x_edges)
+    dy_dilated = _dilate_and_pad(dy, strides, [(0, 0), (0, 0)])
+    dw = lax.conv_general_dilated(jnp.transpose(x_padded, (3, 1, 2, 0)),
+                                  jnp.transpose(dy_dilated, (1, 2, 0, 3)), (1, 1), "VALID",
+                                  dimension_numbers=_NHWC, precision=precision)
+    return dx.astype(x.dtype), jnp.transpose(dw, (1, 2, 0, 3)).astype(w.dtype)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+class Conv(nn.Conv):
+    """``flax.linen.Conv`` with the canonical-VJP convolution by default.
+
+    A drop-in: same fields, same parameters (``kernel`` HWIO, ``bias``) and, since Flax names
+    submodules by class name, the same auto names (``Conv_0``, ...). Pass
+    ``conv_general_dilated=lax.conv_general_dilated`` to get XLA's own convolution back.
+    """
+
+    conv_general_dilated: Callable[..., jax.Array] | None = canonical_conv_general_dilated

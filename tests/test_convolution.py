@@ -1,0 +1,169 @@
+"""The canonical-VJP convolution: same values and gradients as nn.Conv, canonical HLO inside loops,
+the model option, and synthetic data of the configured dataset's shape."""
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from lth_jax import config as config_lib
+from lth_jax import data, models, pruning
+from lth_jax.models import convolution
+
+# (input HWC, features, kernel, strides, padding, bias): every kind of convolution the networks use,
+# and the edge cases of the padding arithmetic (odd sizes, explicit and asymmetric padding).
+CASES = {
+    "3x3 s1 SAME bias": ((8, 8, 3), 5, (3, 3), (1, 1), "SAME", True),
+    "3x3 s1 SAME nobias": ((8, 8, 3), 5, (3, 3), (1, 1), "SAME", False),
+    "3x3 s2 SAME odd": ((9, 7, 4), 6, (3, 3), (2, 2), "SAME", False),
+    "3x3 s1 VALID": ((7, 7, 2), 3, (3, 3), (1, 1), "VALID", True),
+    "3x3 s2 VALID": ((9, 10, 2), 3, (3, 3), (2, 2), "VALID", True),
+    "3x3 s2 explicit": ((8, 8, 2), 3, (3, 3), (2, 2), ((1, 2), (0, 1)), True),
+    "3x3 s1 explicit wide": ((6, 6, 2), 3, (3, 3), (1, 1), ((3, 0), (2, 2)), False),
+    "1x1 s1": ((8, 8, 4), 6, (1, 1), (1, 1), "SAME", True),
+    "1x1 s2 resnet shortcut": ((8, 8, 16), 32, (1, 1), (2, 2), "SAME", False),
+    "3x3 s3 non-square": ((10, 11, 3), 4, (3, 2), (3, 2), "SAME", True),
+}
+
+
+def _layers(features, kernel, strides, padding, bias):
+    kw = dict(features=features, kernel_size=kernel, strides=strides, padding=padding,
+              use_bias=bias)
+    return nn.Conv(**kw), convolution.Conv(**kw)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_values_and_gradients_equal_nn_conv(case):
+    shape, features, kernel, strides, padding, bias = CASES[case]
+    stock, ours = _layers(features, kernel, strides, padding, bias)
+    x = jax.random.normal(jax.random.key(1), (3, *shape), jnp.float32)
+    params = stock.init(jax.random.key(0), x)
+    # The same parameter tree (names, shapes): a drop-in for nn.Conv.
+    assert jax.tree.structure(ours.init(jax.random.key(0), x)) == jax.tree.structure(params)
+    target = jax.random.normal(jax.random.key(2), stock.apply(params, x).shape)
+
+    def loss(layer):  # a non-linear loss, so every entry of the output gradient differs
+        return lambda p, x: jnp.sum(jnp.tanh(layer.apply(p, x)) * target)
+
+    np.testing.assert_allclose(ours.apply(params, x), stock.apply(params, x), rtol=0, atol=1e-5)
+    want = jax.grad(loss(stock), argnums=(0, 1))(params, x)
+    got = jax.grad(loss(ours), argnums=(0, 1))(params, x)
+    for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        assert w.shape == g.shape
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_uncovered_cases_fall_back_to_lax():
+    x = jax.random.normal(jax.random.key(0), (2, 3, 9, 9), jnp.float32)   # NCHW
+    w = jax.random.normal(jax.random.key(1), (4, 3, 3, 3), jnp.float32)   # OIHW
+    f = lambda fn: lambda x, w: jnp.sum(fn(x, w, (1, 1), "SAME", rhs_dilation=(2, 2)) ** 2)
+    ours = jax.grad(f(convolution.canonical_conv_general_dilated), (0, 1))(x, w)
+    stock = jax.grad(f(lax.conv_general_dilated), (0, 1))(x, w)
+    for a, b in zip(ours, stock):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def _conv_labels(model, input_shape, batch=4):
+    """dim_labels of every convolution in the optimised HLO of 2 masked SGD steps in a lax.scan."""
+    variables = models.init(model, jax.random.key(0), input_shape)
+    x = jnp.ones((batch, *input_shape))
+    has_stats = "batch_stats" in variables
+
+    def step(params, _):
+        def loss(p):
+            if has_stats:
+                out, _ = model.apply({**variables, "params": p}, x, train=True,
+                                     mutable=["batch_stats"])
+            else:
+                out = model.apply({"params": p}, x, train=True)
+            return jnp.sum(out ** 2)
+        grads = jax.grad(loss)(params)
+        return jax.tree.map(lambda p, g: p - 0.1 * g, params, grads), None
+
+    hlo = jax.jit(lambda p: lax.scan(step, p, None, length=2)[0]).lower(
+        variables["params"]).compile().as_text()
+    return re.findall(r"convolution\(.*?dim_labels=([\w>-]+)", hlo)
+
+
+@pytest.mark.parametrize("name,build", [
+    ("conv2", lambda conv: models.create("conv2", conv=conv)),
+    ("vgg (2 stages)", lambda conv: models.VGG(stages=((8, 1), (8, 1)), conv=conv)),
+    ("resnet (2 stages)", lambda conv: models.ResNet(widths=(8, 16), blocks_per_stage=1, conv=conv)),
+])
+def test_every_convolution_in_a_training_loop_is_canonical(name, build):
+    # The regression this guards: XLA:CPU runs non-canonical convolutions inside loops ~85x slower.
+    labels = _conv_labels(build("canonical_vjp"), (8, 8, 3))
+    assert labels and set(labels) == {"b01f_01io->b01f"}, labels
+    # And the stock gradient really is non-canonical (else this test could not fail).
+    stock = _conv_labels(build("xla"), (8, 8, 3))
+    assert set(stock) - {"b01f_01io->b01f"}, stock
+
+
+def test_resolve_picks_by_platform_and_refuses_unknown_names():
+    assert convolution.resolve("auto", "cpu") == "canonical_vjp"
+    assert convolution.resolve("auto", "gpu") == "xla"
+    assert convolution.resolve("auto", "tpu") == "xla"
+    assert convolution.resolve("xla", "cpu") == "xla"
+    assert convolution.resolve("canonical_vjp", "gpu") == "canonical_vjp"
+    assert convolution.conv_function("auto", "cpu") is convolution.canonical_conv_general_dilated
+    assert convolution.conv_function("auto", "gpu") is lax.conv_general_dilated
+    with pytest.raises(ValueError, match="cudnn"):
+        convolution.resolve("cudnn")
+    assert config_lib.CONVOLUTIONS == convolution.IMPLEMENTATIONS
+
+
+@pytest.mark.parametrize("name", ["conv2", "vgg19", "resnet20"])
+def test_implementations_share_params_and_pruning(name):
+    shapes = {}
+    for conv in ("xla", "canonical_vjp"):
+        model = models.create(name, conv=conv)
+        params = jax.eval_shape(lambda k: models.init(model, k, (32, 32, 3)),
+                                jax.random.key(0))["params"]
+        rates = pruning.rates_by_rule(params, models.spec(name).rules)
+        shapes[conv] = (jax.tree.map(lambda p: p.shape, params), rates, pruning.prunable(params))
+    assert shapes["xla"] == shapes["canonical_vjp"]
+
+
+def test_same_logits_and_gradients_for_a_whole_network():
+    x = jax.random.normal(jax.random.key(3), (2, 16, 16, 3))
+    stock, ours = (models.ResNet(widths=(8, 16), blocks_per_stage=1, conv=c)
+                   for c in ("xla", "canonical_vjp"))
+    variables = models.init(stock, jax.random.key(0), (16, 16, 3))
+
+    def loss(model):
+        return lambda p: jnp.sum(model.apply({**variables, "params": p}, x, train=True,
+                                             mutable=["batch_stats"])[0] ** 2)
+
+    want, got = (jax.grad(loss(m))(variables["params"]) for m in (stock, ours))
+    for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-4)
+
+
+def test_model_conv_field_is_validated():
+    c = config_lib.base_config()
+    c.model.conv = "fast"
+    with pytest.raises(config_lib.ConfigError, match=r"config\.model\.conv: unknown value 'fast'"):
+        config_lib.validate(c)
+
+
+@pytest.mark.parametrize("name,shape", [("cifar10", (32, 32, 3)), ("fashion_mnist", (28, 28, 1)),
+                                        ("toy", (28, 28, 1))])
+def test_synthetic_data_takes_the_named_datasets_shape(name, shape):
+    ds = data.load({"name": name, "source": "synthetic", "train_size": 40, "test_size": 10,
+                    "validation_size": 10})
+    assert ds.info.image_shape == shape and ds.train_images.shape == (30, *shape)
+
+
+def test_a_cifar_config_runs_on_synthetic_data_out_of_the_box():
+    from lth_jax import lottery
+    c = config_lib.conv_config("conv2", dropout=False)
+    c.dataset.source = "synthetic"
+    c.train.iterations = 300
+    exp = lottery.setup(c)  # the default validation size fits the default synthetic set
+    assert exp.input_shape == (32, 32, 3)
+    assert exp.data.train_images.shape[1:] == (32, 32, 3)
+    assert exp.model.conv == "auto"
