@@ -96,6 +96,8 @@ def setup(config: ml_collections.ConfigDict) -> Experiment:
         options["dropout_rate"] = float(config.model.dropout_rate)
     elif config.model.dropout_rate:
         raise config_lib.ConfigError(f"config.model.dropout_rate: model {spec.name!r} has no dropout")
+    if "conv" in models.default_options(spec.name):  # LeNet has no convolution to choose
+        options["conv"] = config.model.conv
     model = models.create(spec.name, **options)
     input_shape = tuple(info.image_shape)
     params_shape = jax.eval_shape(lambda k: models.init(model, k, input_shape),
