@@ -11,8 +11,15 @@ Counting rule (the contract every function here keeps):
   first (leaves in ``jax.tree.leaves`` order, then row-major flat index) is removed first. A NaN
   score counts as larger than every number, so NaN weights are removed last.
 
+Rates are fractions in [0, 1]: 0 leaves a leaf untouched, 1 removes all its surviving weights.
+(Experiment configs take [0, 1): a level with no weights left cannot be trained.)
+
+Params may be Flax Linen params or a Flax NNX state (``nnx.split(model, nnx.Param, ...)``); the
+paths rules and ``prunable`` see are '/'-joined keys, ``Dense_0/kernel`` or ``linear1/kernel``.
+
 Every function works under ``jax.jit`` and ``jax.vmap`` (e.g. over a leading trial axis of params
-and masks). Rates are Python floats, usually made once by ``rates_by_rule``; they may also be traced.
+and masks) with its arguments traced, ``rates``, ``rate`` and ``prunable`` included. Rates are
+usually Python floats made once by ``rates_by_rule`` (a setup step that reads only paths).
 """
 
 from __future__ import annotations
@@ -35,9 +42,10 @@ DEFAULT_PRUNABLE = r"(.*/)?kernel"
 def prunable(params: PyTree, pattern: str = DEFAULT_PRUNABLE) -> PyTree:
     """Which leaves may be pruned: a PyTree of Python bools with the params' structure.
 
-    By default the kernels of Dense and Conv layers: leaves whose '/'-joined path fully matches
-    ``pattern`` (default ``(.*/)?kernel``) and that have at least 2 dimensions. Biases and batch-norm
-    scale/shift are never prunable by default.
+    By default the kernels of Dense and Conv layers (Linen ``Dense``/``Conv``, NNX
+    ``Linear``/``Conv``): leaves whose '/'-joined path fully matches ``pattern`` (default
+    ``(.*/)?kernel``) and that have at least 2 dimensions. Biases and batch-norm scale/shift are
+    never prunable by default. Reads only paths and shapes, so it works on traced params too.
     """
     regex = re.compile(pattern)
     return jax.tree_util.tree_map_with_path(
@@ -45,8 +53,15 @@ def prunable(params: PyTree, pattern: str = DEFAULT_PRUNABLE) -> PyTree:
         params)
 
 
+_prunable_fn = prunable  # rates_by_rule's keyword argument `prunable` shadows the function
+
+
+def _is_traced(x: Any) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
 def _check_rate(rate: Any, where: str, allow_one: bool = True) -> None:
-    if isinstance(rate, jax.core.Tracer):
+    if _is_traced(rate):
         return
     value = float(rate)
     upper_ok = value <= 1.0 if allow_one else value < 1.0
@@ -54,19 +69,33 @@ def _check_rate(rate: Any, where: str, allow_one: bool = True) -> None:
         raise ValueError(f"pruning rate {rate!r} for {where} is outside [0, 1]")
 
 
-def rates_by_rule(params: PyTree, rules: Rules) -> PyTree:
+def _few(names: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "") if names else "none"
+
+
+def rates_by_rule(params: PyTree, rules: Rules, prunable: PyTree | None = None) -> PyTree:
     """Per-leaf pruning rates from ``(regex, rate)`` rules.
 
-    Each leaf's '/'-joined path (e.g. ``"Dense_2/kernel"``) is tested against the rules in order
-    with ``re.fullmatch``; the first match gives its rate; unmatched leaves get 0.0 (never pruned).
+    Each prunable leaf's '/'-joined path (e.g. ``"Dense_2/kernel"``; NNX: ``"linear2/kernel"``) is
+    tested against the rules in order with ``re.fullmatch`` (the *whole* path: ``"kernel"`` alone
+    matches nothing, write ``".*kernel"``); the first match gives its rate. Unmatched and
+    non-prunable leaves get 0.0 (never pruned).
+
+    Every rule must set the rate of at least one prunable leaf, so that a typo cannot silently
+    prune nothing; a rule with rate 0 (an exemption) counts as setting the leaves it matches.
 
     Args:
-      params: PyTree of arrays (only paths are read).
+      params: PyTree of arrays (only paths and shapes are read; ``jax.ShapeDtypeStruct`` leaves or
+        tracers work).
       rules: sequence of ``(regex, rate)`` with ``0 <= rate <= 1``.
+      prunable: which leaves rules may apply to (PyTree of bools); default ``prunable(params)``,
+        the Dense/Conv kernels.
     Returns:
       PyTree of Python floats with the params' structure.
     Raises:
-      ValueError: a rate is outside [0, 1] or a regex does not compile (the rule is named).
+      ValueError: a rate is outside [0, 1], a regex does not compile, or a rule sets no prunable
+        leaf (the rule is named, with a few of the prunable leaves' paths).
     """
     compiled = []
     for i, rule in enumerate(rules):
@@ -76,32 +105,72 @@ def rates_by_rule(params: PyTree, rules: Rules) -> PyTree:
             raise ValueError(f"pruning rule #{i} {rule!r} is not a (regex, rate) pair") from None
         _check_rate(rate, f"rule #{i} {pattern!r}")
         try:
-            compiled.append((re.compile(pattern), float(rate)))
+            compiled.append((pattern, re.compile(pattern), float(rate)))
         except re.error as e:
             raise ValueError(f"pruning rule #{i}: bad regex {pattern!r}: {e}") from None
 
-    def rate_of(path, _):
-        name = masks_lib.path_str(path)
-        for regex, rate in compiled:
-            if regex.fullmatch(name):
-                return rate
-        return 0.0
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    names = [masks_lib.path_str(path) for path, _ in flat]
+    selection = _prunable_fn(params) if prunable is None else prunable
+    selected = [bool(s) for s in _leaves(selection, params, "prunable")]
+    owner: list[int | None] = []
+    rates = []
+    for name, use in zip(names, selected):
+        hit = next((i for i, (_, regex, _) in enumerate(compiled) if regex.fullmatch(name)), None)
+        owner.append(hit if use else None)
+        rates.append(compiled[hit][2] if use and hit is not None else 0.0)
 
-    return jax.tree_util.tree_map_with_path(rate_of, params)
+    candidates = [n for n, use in zip(names, selected) if use]
+    for i, (pattern, regex, _) in enumerate(compiled):
+        if i in owner:
+            continue
+        matched = [n for n in candidates if regex.fullmatch(n)]
+        if matched:
+            taken = sorted({owner[names.index(n)] for n in matched})
+            raise ValueError(
+                f"pruning rule #{i} {pattern!r} sets no leaf: the prunable leaves it matches "
+                f"({_few(matched)}) are all set by earlier rule(s) #{', #'.join(map(str, taken))} "
+                "(the first matching rule wins; put the more specific rule first)")
+        message = f"pruning rule #{i} {pattern!r} matches no prunable leaf"
+        others = [n for n in names if regex.fullmatch(n)]
+        if others:
+            message += f" (it matches {_few(others)}, which are not prunable)"
+        elif any(regex.search(n) for n in candidates):
+            parts = [n for n in candidates if regex.search(n)]
+            hint = next((h for h in (".*" + pattern, ".*" + pattern + ".*")
+                         if any(re.fullmatch(h, n) for n in parts)), ".*" + pattern + ".*")
+            message += (f": a rule must match the whole '/'-joined path, and {pattern!r} is only part "
+                        f"of {_few(parts)}; write e.g. {hint!r}")
+        raise ValueError(f"{message}; prunable leaves: {_few(candidates)}")
+    return jax.tree.unflatten(treedef, rates)
 
 
-def per_round_rate(total: float, rounds: int) -> float:
+def per_round_rate(total: float, rounds: int) -> float | jax.Array:
     """The per-round rate ``r = 1 - (1 - total)^(1/rounds)`` that prunes a fraction ``total`` in
-    ``rounds`` rounds (after ``n`` rounds a fraction ``(1 - r)^n`` survives)."""
+    ``rounds`` rounds (after ``n`` rounds a fraction ``(1 - r)^n`` survives).
+
+    A Python float for Python arguments (``rounds`` a positive integer); a float32 array when an
+    argument is traced (under ``jax.jit``), computed by the same formula.
+    """
+    if _is_traced(total) or _is_traced(rounds):
+        return 1.0 - (1.0 - jnp.asarray(total, jnp.float32)) ** (1.0 / jnp.asarray(rounds, jnp.float32))
     _check_rate(total, "per_round_rate(total)")
     if int(rounds) != rounds or rounds < 1:
         raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
     return 1.0 - (1.0 - float(total)) ** (1.0 / int(rounds))
 
 
-def compound_rate(rate: float, rounds: int) -> float:
-    """The one-shot rate ``1 - (1 - rate)^rounds`` equal to ``rounds`` rounds of ``rate``."""
+def compound_rate(rate: float, rounds: int) -> float | jax.Array:
+    """The one-shot rate ``1 - (1 - rate)^rounds`` equal to ``rounds`` rounds of ``rate``.
+
+    A Python float for Python arguments (``rounds`` an integer >= 0); a float32 array when an
+    argument is traced.
+    """
+    if _is_traced(rate) or _is_traced(rounds):
+        return 1.0 - (1.0 - jnp.asarray(rate, jnp.float32)) ** jnp.asarray(rounds, jnp.float32)
     _check_rate(rate, "compound_rate(rate)")
+    if int(rounds) != rounds or rounds < 0:
+        raise ValueError(f"rounds must be an integer >= 0, got {rounds!r}")
     return 1.0 - (1.0 - float(rate)) ** int(rounds)
 
 
@@ -128,7 +197,7 @@ def _remove_lowest(scores: jax.Array, alive: jax.Array, k: jax.Array) -> jax.Arr
 def _leaves(tree: PyTree, like: PyTree, what: str) -> list:
     leaves = jax.tree.leaves(tree)
     if len(leaves) != len(jax.tree.leaves(like)):
-        raise ValueError(f"{what} has {len(leaves)} leaves, the mask has {len(jax.tree.leaves(like))}; "
+        raise ValueError(f"{what} has {len(leaves)} leaves, the params/mask {len(jax.tree.leaves(like))}; "
                          "make it with rates_by_rule/prunable from the same params")
     return leaves
 
@@ -206,29 +275,35 @@ def global_magnitude(params: PyTree, mask: PyTree, rate: float, prunable: PyTree
     Args:
       params: PyTree of float arrays.
       mask: bool PyTree of the same structure and shapes.
-      rate: fraction in [0, 1] of the pooled survivors to remove.
-      prunable: PyTree of Python bools (see ``prunable``), or of per-leaf rates where > 0 means
-        prunable (so ``rates_by_rule`` output can be passed).
+      rate: fraction in [0, 1] of the pooled survivors to remove; may be traced.
+      prunable: PyTree of bools (see ``prunable``), or of per-leaf rates where nonzero means
+        prunable (so ``rates_by_rule`` output can be passed). May be traced (an argument of a
+        jitted function): the selection is then made when the program runs, with the same result.
     Returns:
       The new mask. Pure; jit- and vmap-able.
     """
     masks_lib.check_matches(params, mask)
     _check_rate(rate, "global_magnitude(rate)")
     mask_leaves = jax.tree.leaves(mask)
-    selected = [bool(s) for s in _leaves(prunable, mask, "prunable")]
+    selected = masks_lib._selection(mask, prunable)
     param_leaves = jax.tree.leaves(params)
-    chosen = [i for i, s in enumerate(selected) if s]
+    # Leaves known to be out stay out of the pool; a traced selection pools the leaf and decides
+    # at run time whether its weights compete. Either way the pooled order is leaf order, then flat
+    # index, so ties are broken as the counting rule says.
+    chosen = [i for i, s in enumerate(selected) if s is not False]
     if not chosen:
         return mask
     scores = jnp.concatenate([jnp.abs(param_leaves[i].astype(jnp.float32)).reshape(-1)
                               for i in chosen])
-    alive = jnp.concatenate([mask_leaves[i].reshape(-1) for i in chosen])
+    alive = jnp.concatenate([(mask_leaves[i] if selected[i] is True else mask_leaves[i] & selected[i])
+                             .reshape(-1) for i in chosen])
     k = num_to_remove(rate, jnp.sum(alive, dtype=jnp.int32))
     kept = _remove_lowest(scores, alive, k)
     out = list(mask_leaves)
     offset = 0
     for i in chosen:
         size = math.prod(mask_leaves[i].shape)
-        out[i] = kept[offset:offset + size].reshape(mask_leaves[i].shape)
+        new = kept[offset:offset + size].reshape(mask_leaves[i].shape)
+        out[i] = new if selected[i] is True else jnp.where(selected[i], new, mask_leaves[i])
         offset += size
     return jax.tree.unflatten(jax.tree.structure(mask), out)

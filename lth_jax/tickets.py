@@ -5,8 +5,11 @@ A winning ticket is ``m ⊙ θ₀``: the mask found by pruning, applied to the *
 iterations of the first training run (pass ``θ_k`` as ``theta``). The random-reinitialisation
 control keeps the mask but draws fresh weights from the same distribution (``reinit``).
 
-Both functions are pure and never modify ``theta``: θ₀ stays an immutable PyTree that every level
-rewinds to.
+Both functions are pure, work under ``jax.jit`` and ``jax.vmap``, and never modify ``theta``: θ₀
+stays an immutable PyTree that every level rewinds to. They take Flax Linen params or a Flax NNX
+state alike. With NNX, keep θ₀ as a copy: ``nnx.state(model, nnx.Param)`` (and ``nnx.split``) return
+the model's own Variable objects, which an in-place update (``nnx.Optimizer.update``,
+``nnx.update``) changes; ``jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))`` does not change.
 """
 
 from __future__ import annotations
@@ -36,11 +39,13 @@ def reinit(init_fn: Callable[[jax.Array], PyTree], key: jax.Array, mask: PyTree)
     """``m ⊙ θ'`` with ``θ' = init_fn(key)`` freshly drawn from the initial distribution D_θ.
 
     Args:
-      init_fn: ``key -> params`` (e.g. ``lambda k: model.init(k, x)["params"]``); must return a
-        PyTree with the mask's structure and shapes.
+      init_fn: ``key -> params`` (e.g. ``lambda k: model.init(k, x)["params"]``, or for NNX
+        ``lambda k: nnx.state(MyModel(nnx.Rngs(k)), nnx.Param)``); must return a PyTree with the
+        mask's structure and shapes.
       key: PRNG key for the fresh draw; same key, same weights.
       mask: bool PyTree.
     Returns:
-      The masked fresh params. jit- and vmap-able when ``init_fn`` is.
+      The masked fresh params. jit- and vmap-able when ``init_fn`` is (under ``jax.jit`` pass
+      ``init_fn`` as a static argument or close over it).
     """
     return masks_lib.apply(init_fn(key), mask)

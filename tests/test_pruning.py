@@ -137,8 +137,9 @@ def test_rates_by_rule_first_match_wins_unmatched_zero():
     rates = pruning.rates_by_rule(params, RULES)
     assert rates == {"Dense_0": {"kernel": 0.2, "bias": 0.0}, "Conv_0": {"kernel": 0.15, "bias": 0.0},
                      "Dense_1": {"kernel": 0.1, "bias": 0.0}}
-    # full match: a rule for "Dense_1" alone does not match "Dense_1/kernel"
-    assert pruning.rates_by_rule(params, [("Dense_1", 0.5)])["Dense_1"]["kernel"] == 0.0
+    # full match: a rule for "Dense_1" alone does not match "Dense_1/kernel", and says so
+    with pytest.raises(ValueError, match=re.escape("'.*Dense_1.*'")):
+        pruning.rates_by_rule(params, [("Dense_1", 0.5)])
     # nested under a "params" collection the paths get a prefix; ".*" rules still match
     assert pruning.rates_by_rule({"params": params}, RULES)["params"]["Dense_1"]["kernel"] == 0.1
 
