@@ -1,85 +1,90 @@
-r"""Training throughput of lth_jax: model-steps/s, examples/s, GFLOP/s against the machine's matmul rate.
+r"""Training speed of lth_jax on every network of the paper, against the machine and PyTorch eager.
 
-    python experiments/benchmark.py                 # all cases (LeNet's: ~6 minutes on a 2-core CPU;
-                                                    # Conv-2's did not finish in 500 s there)
-    python experiments/benchmark.py --cases=lenet   # a subset (comma-separated name prefixes)
-    python experiments/benchmark.py --iterations=4000 --runs=4
+    python experiments/benchmark.py                      # every case (~15 minutes on a 2-core CPU)
+    python experiments/benchmark.py --cases=conv2,e2e    # a subset (comma-separated name prefixes)
+    python experiments/benchmark.py --notorch            # without the PyTorch columns
 
-Each case runs in a fresh process (XLA's device count and threading are fixed at start-up) and trains
-R runs of a level with the real program of `lth_jax.lottery.Runner` (masked Adam steps, on-device
-batching from a keyed permutation, periodic evaluation) on synthetic data of the network's input
-shape. It reports:
+Cases, each in a fresh process (XLA's device count and threading are fixed at start-up):
 
+* one row per network: LeNet-300-100 (batch 60), Conv-2/4/6 (60), VGG-19 (64), ResNet-20 (128), on
+  synthetic data of the network's input shape, with the paper's optimizer (the network's config in
+  ``configs/``). Each trains R runs of a level with the real program of ``lottery.Runner`` (masked
+  steps, on-device batching, the run axis spread over the host devices as the CLI does). LeNet's
+  row evaluates as the paper does (5K validation + 10K test examples every 100 iterations), and a
+  second LeNet row trains only; the conv rows train only (one small evaluation at the end), so they
+  show the steady state of training;
+* ``e2e``: the CLI, ``python -m lth_jax.main --config=configs/conv2.py`` on synthetic data with
+  2 trials × 300 iterations, timed from the shell (start-up, data, compilation, evaluation and
+  checkpoints included), against PyTorch eager doing the same training steps and the same number of
+  evaluated examples in one process (start-up included).
+
+Columns:
 * model-steps/s: R · iterations / wall seconds of the second call (the first one compiles);
-* examples/s: model-steps/s · batch size;
-* GFLOP/s: XLA's own flop count of one train step (``compiled.cost_analysis()``) · model-steps/s,
-  next to the rate of a 2048×2048 float32 matmul measured in the same script (an upper bound for
-  dense training on this machine);
-* the share of the time spent in evaluation (same run with evaluation every iteration budget vs. the
-  paper's every 100 iterations);
-* compile seconds and peak memory (host RSS; device peak on GPUs).
-
-Runs as-is on CPU and GPU; on a GPU it adds VGG-19 at batch 64.
+* GFLOP/s: XLA's own count of one masked train step (``compiled.cost_analysis()``) · model-steps/s;
+  "% matmul": that against a 2048×2048 float32 matmul measured in its own process with all cores
+  (the dense-linear-algebra rate this machine reaches, the natural ceiling for training);
+* compile s: first call minus second; peak MB: the process's peak RSS (device peak on GPUs);
+* torch steps/s: PyTorch eager, the same network, batch and masked step, with as many threads as
+  cores (``experiments/torch_reference.py``); "× torch": lth_jax's model-steps/s over it.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 CPU_SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false"
+# (case, config file, batch, iterations on CPU / on GPU, evaluate as the paper does)
+NETWORKS = [
+    ("lenet", "lenet300_100.py", 60, (3000, 3000), True),
+    ("lenet train-only", "lenet300_100.py", 60, (3000, 3000), False),
+    ("conv2", "conv2.py", 60, (30, 300), False),
+    ("conv4", "conv4.py", 60, (20, 300), False),
+    ("conv6", "conv6.py", 60, (16, 300), False),
+    ("vgg19", "vgg19.py", 64, (6, 100), False),
+    ("resnet20", "resnet18.py", 128, (12, 200), False),
+]
 
 
-def cases(platform_hint: str, ncpu: int):
-    """(name, env XLA_FLAGS, model, batch, runs-scale, batching, eval_every or 0 = once at the end)."""
-    many = f"--xla_force_host_platform_device_count={ncpu} {CPU_SINGLE_THREAD}"
-    out = [
-        ("lenet/1dev/vmap", "", "lenet300_100", 60, "vmap", 100),
-        ("lenet/1dev/map", "", "lenet300_100", 60, "map", 100),
-        (f"lenet/{ncpu}dev/map (default)", many, "lenet300_100", 60, "map", 100),
-        (f"lenet/{ncpu}dev/map train-only", many, "lenet300_100", 60, "map", 0),
-        # Conv-2's evaluation passes (~1 s per 1,000 examples here) would dwarf a short budget:
-        # train-only, with one small evaluation at the end.
-        (f"conv2/{ncpu}dev/map train-only", many, "conv2", 60, "map", 0),
-    ]
-    if platform_hint == "gpu":
-        out = [
-            ("lenet/gpu/vmap", "", "lenet300_100", 60, "vmap", 100),
-            ("lenet/gpu/vmap train-only", "", "lenet300_100", 60, "vmap", 0),
-            ("conv2/gpu/vmap", "", "conv2", 60, "vmap", 100),
-            ("vgg19/gpu/vmap", "", "vgg19", 64, "vmap", 100),
-        ]
-    return out
+def load_config(filename: str):
+    spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "configs", filename))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def child(spec: dict) -> dict:
+    """One network row, in its own process."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
-    from lth_jax import config as config_lib
     from lth_jax import lottery, masks
 
-    c = config_lib.base_config()
-    c.model.name = spec["model"]
-    c.dataset.name = c.dataset.source = "synthetic"
-    c.dataset.image_shape = (28, 28, 1) if spec["model"] == "lenet300_100" else (32, 32, 3)
-    c.dataset.train_size = 55_000 if spec["model"] == "lenet300_100" else 50_000
-    lenet = spec["model"] == "lenet300_100"
-    # The paper's 5K validation + 10K test for LeNet; a token 500 + 500 for the train-only conv cases.
-    c.dataset.test_size = 10_000 if lenet or spec["eval_every"] else 500
-    c.dataset.validation_size = 5_000 if lenet or spec["eval_every"] else 500
-    c.dataset.augment = "on" if spec["model"] == "vgg19" else "off"
+    c = load_config(spec["config"])
+    c.dataset.source = "synthetic"
+    lenet = c.model.name == "lenet300_100"
+    c.dataset.train_size = 55_000 if lenet else 10_000
+    # The paper's 5K validation + 10K test for LeNet; a token 256 + 256 for the train-only rows.
+    c.dataset.validation_size = 5_000 if spec["paper_eval"] else 256
+    c.dataset.test_size = 10_000 if spec["paper_eval"] else 256
     c.train.iterations = spec["iterations"]
     c.train.batch_size = spec["batch"]
-    c.train.eval_every = spec["eval_every"] or spec["iterations"]
-    c.train.eval_batch_size = 2500 if spec["model"] == "lenet300_100" else 500
+    c.train.eval_every = 100 if spec["paper_eval"] else spec["iterations"]
+    c.train.test_every_evals = 1
+    c.train.warmup_iterations = 0
+    c.train.lr_drops = ()
+    c.train.eval_batch_size = 2500 if lenet else 256
     c.prune.levels = 0
     exp = lottery.setup(c)
-    runner = lottery.Runner(exp, 0, spec["batching"])
+    runner = lottery.Runner(exp, 0, "auto")
     runs = spec["runs"]
     keys = jnp.stack([lottery.trial_key(0, t, lottery.INIT) for t in range(runs)])
     variables = jax.jit(jax.vmap(exp.init_variables))(keys)
@@ -96,103 +101,177 @@ def child(spec: dict) -> dict:
     p0 = jax.tree.map(lambda x: x[0], variables)
     m0 = jax.tree.map(lambda x: x[0], mask)
     state = exp.trainer.init_state(p0["params"], p0["batch_stats"])
-    x = jnp.zeros((spec["batch"],) + tuple(c.dataset.image_shape), jnp.float32)
+    x = jnp.zeros((spec["batch"],) + tuple(exp.input_shape), jnp.float32)
     y = jnp.zeros((spec["batch"],), jnp.int32)
     compiled = jax.jit(exp.trainer.step).lower(state, m0, x, y, jnp.int32(0),
                                                 jax.random.key(0)).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     step_flops = float(cost.get("flops", 0.0))
-
-    a = jax.random.normal(jax.random.key(0), (2048, 2048), jnp.float32)
-    dot = jax.jit(lambda a: a @ a)
-    dot(a).block_until_ready()
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        dot(a).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    matmul_gflops = 2 * 2048 ** 3 / float(np.median(times)) / 1e9
-
     device = jax.devices()[0]
     peak = None
     try:
-        stats = device.memory_stats() or {}
-        peak = stats.get("peak_bytes_in_use")
+        peak = (device.memory_stats() or {}).get("peak_bytes_in_use")
     except Exception:  # CPU devices have no memory stats
         pass
     steps_per_s = runs * spec["iterations"] / second
     return {
-        "devices": len(runner.devices), "platform": device.platform, "device_kind": device.device_kind,
+        "devices": len(runner.devices), "platform": device.platform,
+        "device_kind": device.device_kind, "conv": getattr(exp.model, "conv", "-"),
         "model_steps_per_s": steps_per_s, "examples_per_s": steps_per_s * spec["batch"],
         "step_gflop": step_flops / 1e9, "achieved_gflops": steps_per_s * step_flops / 1e9,
-        "matmul_gflops": matmul_gflops, "compile_s": max(first - second, 0.0), "seconds": second,
+        "compile_s": max(first - second, 0.0), "seconds": second,
         "host_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device_peak_mb": peak / 2 ** 20 if peak else None,
     }
 
 
+def matmul_child() -> dict:
+    """GFLOP/s of a 2048x2048 float32 matmul (median of 7), all cores on one device."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    a = jax.random.normal(jax.random.key(0), (2048, 2048), jnp.float32)
+    dot = jax.jit(lambda a: a @ a)
+    dot(a).block_until_ready()
+    times = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        dot(a).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return {"matmul_gflops": 2 * 2048 ** 3 / float(np.median(times)) / 1e9}
+
+
+def _subprocess(args, env=None, timeout=1800) -> tuple[dict | None, float, str]:
+    """Run a child; (its RESULT json or None, wall seconds, the last line of stderr)."""
+    t0 = time.perf_counter()
+    out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    if out.returncode or not lines:
+        return None, wall, (out.stderr.strip().splitlines() or ["(no output)"])[-1]
+    return json.loads(lines[-1][7:]), wall, ""
+
+
+def torch_row(model: str, batch: int, steps: int, threads: int, shape) -> dict | None:
+    result, _, err = _subprocess([sys.executable, os.path.join(HERE, "torch_reference.py"),
+                                  f"--model={model}", f"--batch={batch}", f"--steps={steps}",
+                                  f"--threads={threads}", "--shape=" + ",".join(map(str, shape))])
+    if result is None:
+        print(f"  (PyTorch {model}: {err})")
+    return result
+
+
+def end_to_end(ncpu: int, use_torch: bool) -> dict:
+    """The CLI on Conv-2 (2 trials x 300 iterations) against PyTorch doing the same work."""
+    trials, iterations, eval_every, val, test = 2, 300, 100, 5000, 2000
+    workdir = tempfile.mkdtemp(prefix="lth_jax_e2e_")
+    try:
+        args = [sys.executable, "-m", "lth_jax.main", "--config=configs/conv2.py",
+                f"--workdir={workdir}", "--noreport", "--config.dataset.source=synthetic",
+                f"--config.train.iterations={iterations}", f"--config.trials={trials}",
+                "--config.prune.levels=0", f"--config.dataset.validation_size={val}",
+                f"--config.dataset.test_size={test}"]
+        t0 = time.perf_counter()
+        out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+        cli = time.perf_counter() - t0
+        if out.returncode:
+            raise RuntimeError(f"the CLI failed: {out.stderr.strip().splitlines()[-1:]}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    row = {"cli_seconds": cli, "trials": trials, "iterations": iterations}
+    if use_torch:
+        # The same evaluated examples: per run, (val + test) at every evaluation, plus the test set
+        # at the early-stopping point and at the end.
+        evals = iterations // eval_every
+        examples = trials * (evals * (val + test) + 2 * test)
+        per_eval = examples // (trials * evals)
+        result, wall, err = _subprocess(
+            [sys.executable, os.path.join(HERE, "torch_reference.py"), "--model=conv2",
+             "--batch=60", f"--steps={trials * iterations}", f"--threads={ncpu}",
+             f"--eval_examples={per_eval}", f"--eval_every={eval_every}"])
+        row["torch_seconds"] = wall if result else None
+        if result is None:
+            print(f"  (PyTorch e2e: {err})")
+    return row
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default="", help="comma-separated name prefixes (default: all)")
-    parser.add_argument("--iterations", type=int, default=3000)
-    parser.add_argument("--conv_iterations", type=int, default=0,
-                        help="iterations of the conv cases (default: 30 on a CPU, 200 on a GPU)")
-    parser.add_argument("--runs", type=int, default=4, help="runs per level (trials × variants)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed calls after the compiling one")
+    parser.add_argument("--iterations", type=int, default=0,
+                        help="override every network row's iteration count")
+    parser.add_argument("--runs", type=int, default=4, help="LeNet runs per level")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="timed calls after the compiling one (LeNet; conv rows time one)")
+    parser.add_argument("--notorch", action="store_true", help="skip the PyTorch columns")
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child == "matmul":
+        print("RESULT " + json.dumps(matmul_child()), flush=True)
+        return
     if args.child:
         print("RESULT " + json.dumps(child(json.loads(args.child))), flush=True)
         return
 
-    probe = subprocess.run([sys.executable, "-c", "import jax; print(jax.devices()[0].platform)"],
-                           capture_output=True, text=True)
-    platform = probe.stdout.strip().splitlines()[-1] if probe.stdout.strip() else "cpu"
+    probe, _, _ = _subprocess([sys.executable, "-c", "import jax, json; "
+                               "print('RESULT ' + json.dumps(jax.devices()[0].platform))"])
+    platform = probe or "cpu"
     ncpu = os.cpu_count() or 1
+    use_torch = not args.notorch and importlib.util.find_spec("torch") is not None
+    if not args.notorch and not use_torch:
+        print("(PyTorch is not installed: no PyTorch columns; pip install torch)")
     wanted = [w for w in args.cases.split(",") if w]
+    selected = lambda name: not wanted or any(name.startswith(w) for w in wanted)
+    matmul, _, _ = _subprocess([sys.executable, __file__, "--child=matmul"])
+    matmul = matmul["matmul_gflops"] if matmul else float("nan")
+    print(f"platform {platform}, {ncpu} cores; 2048x2048 float32 matmul: {matmul:.1f} GFLOP/s")
+    print(f"{'case':<18} {'runs':>4} {'iters':>5} {'model-steps/s':>13} {'GFLOP/s':>8} "
+          f"{'% matmul':>8} {'compile s':>9} {'peak MB':>8} {'torch steps/s':>13} {'× torch':>7}")
     rows = []
-    print(f"{'case':<32} {'runs':>4} {'model-steps/s':>13} {'examples/s':>11} {'GFLOP/s':>8} "
-          f"{'matmul GFLOP/s':>14} {'compile s':>9} {'peak MB':>8}")
-    for name, xla_flags, model, batch, batching, eval_every in cases(platform, ncpu):
-        if wanted and not any(name.startswith(w) for w in wanted):
+    for name, config, batch, iterations, paper_eval in NETWORKS:
+        if not selected(name):
             continue
-        # The conv nets are ~200x LeNet's work per step: a short budget and one run per device.
-        iterations = args.iterations if model == "lenet300_100" else (
-            args.conv_iterations or (30 if platform == "cpu" else 200))
-        runs = args.runs if model == "lenet300_100" else (ncpu if platform == "cpu" else 1)
-        spec = dict(model=model, batch=batch, batching=batching, eval_every=eval_every,
-                    iterations=iterations, runs=runs,
-                    repeats=args.repeats if model == "lenet300_100" else 1)
+        lenet = name.startswith("lenet")
+        iters = args.iterations or iterations[platform != "cpu"]
+        runs = args.runs if lenet else (ncpu if platform == "cpu" else 1)
+        spec = dict(config=config, batch=batch, iterations=iters, runs=runs,
+                    paper_eval=paper_eval, repeats=args.repeats if lenet else 1)
         env = dict(os.environ)
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
-        out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env,
-                             capture_output=True, text=True)
-        lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-        if out.returncode or not lines:
-            print(f"{name:<32} FAILED: {out.stderr.strip().splitlines()[-1:]}")
+        if platform == "cpu":  # as the CLI sets it: one single-threaded device per core
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_"
+                                f"count={ncpu} {CPU_SINGLE_THREAD}").strip()
+        r, _, err = _subprocess([sys.executable, __file__, "--child", json.dumps(spec)], env=env)
+        if r is None:
+            print(f"{name:<18} FAILED: {err}")
             continue
-        r = json.loads(lines[-1][7:]) | {"case": name, "runs": runs, "iterations": iterations}
+        r |= {"case": name, "runs": runs, "iterations": iters, "batch": batch,
+              "matmul_gflops": matmul}
+        if use_torch and not name.endswith("train-only"):
+            model = load_config(config).model.name
+            shape = (28, 28, 1) if lenet else (32, 32, 3)
+            t = torch_row(model, batch, max(8, min(iters, 200 if lenet else 23)), ncpu, shape)
+            r["torch_steps_per_s"] = t["steps_per_s"] if t else None
         rows.append(r)
         peak = r["device_peak_mb"] or r["host_peak_rss_mb"]
-        print(f"{name:<32} {runs:>4} {r['model_steps_per_s']:>13,.0f} {r['examples_per_s']:>11,.0f} "
-              f"{r['achieved_gflops']:>8.1f} {r['matmul_gflops']:>14.1f} {r['compile_s']:>9.1f} "
-              f"{peak:>8.0f}", flush=True)
-    by_case = {r["case"].split(" ")[0] + (" train-only" if "train-only" in r["case"] else ""): r
-               for r in rows}
-    full = [r for r in rows if r["case"].startswith("lenet") and "(default)" in r["case"]]
-    bare = [r for r in rows if r["case"].startswith("lenet") and "train-only" in r["case"]]
-    if full and bare:
-        share = 1 - full[0]["model_steps_per_s"] / bare[0]["model_steps_per_s"]
-        print(f"\nLeNet: evaluation every 100 iterations (5K validation + 10K test examples) takes "
-              f"{100 * share:.0f}% of the time.")
-    if full:
-        r = full[0]
-        print(f"LeNet: one train step is {r['step_gflop'] * 1e3:.1f} MFLOP (XLA's count); "
-              f"{r['achieved_gflops']:.0f} GFLOP/s achieved = {100 * r['achieved_gflops'] / r['matmul_gflops']:.0f}% "
-              f"of the measured matmul rate.")
-    del by_case
+        torch_rate = r.get("torch_steps_per_s")
+        versus = (f"{r['model_steps_per_s'] / torch_rate:>7.2f}" if torch_rate else f"{'-':>7}")
+        torch_text = f"{torch_rate:>13.2f}" if torch_rate else f"{'-':>13}"
+        print(f"{name:<18} {runs:>4} {iters:>5} {r['model_steps_per_s']:>13.2f} "
+              f"{r['achieved_gflops']:>8.1f} {100 * r['achieved_gflops'] / matmul:>7.0f}% "
+              f"{r['compile_s']:>9.1f} {peak:>8.0f} {torch_text} {versus}", flush=True)
+    if selected("e2e"):
+        e = end_to_end(ncpu, use_torch)
+        rows.append({"case": "e2e"} | e)
+        line = (f"\nConv-2 end to end through the CLI, {e['trials']} trials x {e['iterations']} "
+                f"iterations (start-up, compilation and evaluation included): {e['cli_seconds']:.1f} s")
+        if e.get("torch_seconds"):
+            line += (f"; PyTorch eager, the same steps and evaluated examples: "
+                     f"{e['torch_seconds']:.1f} s; lth_jax is {e['torch_seconds'] / e['cli_seconds']:.2f}x "
+                     "as fast")
+        print(line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -8,6 +8,11 @@ in evaluation no collection is mutable. Dropout (Conv-2/4/6 with ``dropout_rate 
 the RNG stream ``'dropout'`` and only when ``train=True``. All of this works under ``jax.jit`` and under
 ``jax.vmap`` over a leading trial axis of the variables.
 
+The conv networks take ``conv = "auto" | "xla" | "canonical_vjp"``: which convolution they use.
+"canonical_vjp" (:mod:`lth_jax.models.convolution`) computes the same values and gradients as
+``nn.Conv`` with a backward pass that XLA:CPU runs fast inside loops; "auto" picks it on CPUs and
+XLA's own convolution on GPUs/TPUs. The choice changes no parameter name or shape.
+
 Parameter paths are the ``'/'``-joined keys inside ``params``, e.g. ``"Dense_2/kernel"`` or
 ``"BasicBlock_3/shortcut_conv/kernel"``. A :class:`ModelSpec` carries the paper's per-round pruning
 rates as ``(regex, rate)`` rules (first ``re.fullmatch`` wins, unmatched leaves get rate 0 and are
@@ -27,12 +32,13 @@ import jax
 import jax.numpy as jnp
 
 from lth_jax.models.conv import ConvNet, conv2, conv4, conv6
+from lth_jax.models.convolution import Conv
 from lth_jax.models.lenet import LeNet300100, lenet300_100
 from lth_jax.models.resnet import BasicBlock, ResNet, resnet20
 from lth_jax.models.vgg import VGG, vgg19
 
 __all__ = [
-    "BasicBlock", "ConvNet", "LeNet300100", "ModelSpec", "ResNet", "VGG",
+    "BasicBlock", "Conv", "ConvNet", "LeNet300100", "ModelSpec", "ResNet", "VGG",
     "create", "default_options", "init", "names", "spec",
 ]
 
