@@ -300,19 +300,29 @@ def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
         )
 
 
+# The original files of each dataset, as `source="files"` reads them.
+_ORIGINAL_FILES = {
+    "mnist": "the four IDX files {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
+    "fashion_mnist": "the four IDX files {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
+    "cifar10": "cifar-10-python.tar.gz extracted (its cifar-10-batches-py folder)",
+}
+
+
 def _how_to_get(name: str) -> str:
-    return (
-        "How to get the data (this machine may be offline):\n"
-        "  - Fashion-MNIST on Debian: apt-get install dataset-fashion-mnist, then run with "
-        "--config.dataset.name=fashion_mnist --config.dataset.source=files "
-        "(files land in /usr/share/datasets/fashion-mnist);\n"
-        "  - original files you have: --config.dataset.source=files --config.dataset.path=FOLDER, "
-        f"or put them in ${DATA_ENV_VAR}/{name};\n"
-        "  - TFDS: with internet, pip install 'lth_jax[tfds-prepare]' (TensorFlow) and prepare it once: "
-        f"tfds build {name} --file_format=array_record [--data_dir=DIR], then "
-        "--config.dataset.source=tfds [--config.dataset.data_dir=DIR];\n"
-        "  - no data at all: --config.dataset.source=synthetic."
-    )
+    """The ways to get dataset `name`: only those that give this dataset (Debian packages
+    Fashion-MNIST alone, so only its message suggests apt-get)."""
+    ways = []
+    if name == "fashion_mnist":
+        ways.append("Debian/Ubuntu: apt-get install dataset-fashion-mnist, then "
+                    "--config.dataset.source=files (files land in /usr/share/datasets/fashion-mnist)")
+    ways.append(f"{_ORIGINAL_FILES.get(name, 'the original files')}: --config.dataset.source=files "
+                f"--config.dataset.path=FOLDER, or put them in ${DATA_ENV_VAR}/{name}")
+    ways.append("TFDS: with internet, pip install 'lth_jax[tfds-prepare]' (TensorFlow) and prepare "
+                f"it once: tfds build {name} --file_format=array_record [--data_dir=DIR], then "
+                "--config.dataset.source=tfds [--config.dataset.data_dir=DIR]")
+    ways.append("no data at all: --config.dataset.source=synthetic")
+    return "How to get the data (this machine may be offline):\n" + ";\n".join(
+        f"  - {way}" for way in ways) + "."
 
 
 # ----------------------------------------------------------------------------------------------------

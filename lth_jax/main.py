@@ -80,10 +80,152 @@ def main(argv):
         sys.exit(130)
     if _REPORT.value:
         from lth_jax import report
-        path = report.write_report(workdir)
-        with open(path) as f:
-            print(f.read())
-        print(f"report: {path}")
+        report.write_report(workdir)
+        # A terminal-sized summary (<= 100 columns); the full tables are in report.md.
+        print(report.terminal_summary(workdir))
+
+
+# ----------------------------------------------------------------------------- --help
+
+#: What each config field means, for --help (a test checks that every field of base_config() has one).
+CONFIG_HELP: dict[str, str] = {
+    "seed": "root random seed: θ₀, data order, random masks and reinit all derive from it",
+    "trials": "independent repetitions, each with its own θ₀ and data order",
+    "model.name": "network: lenet300_100, conv2, conv4, conv6, vgg19, resnet20 (= resnet18)",
+    "model.dropout_rate": "dropout after each hidden FC layer (Conv-2/4/6 only; paper: 0.5)",
+    "model.conv": "convolution implementation: auto (canonical_vjp on CPU, xla on GPU/TPU) | xla "
+                  "| canonical_vjp",
+    "dataset.name": "mnist | fashion_mnist | cifar10 (any name with source=synthetic)",
+    "dataset.source": "tfds (a prepared TFDS dataset) | files (IDX or CIFAR-10 python batches) "
+                      "| synthetic (made-up data, no files)",
+    "dataset.path": "folder of the files (source=files); empty: $LTH_JAX_DATA/NAME, then "
+                    "/usr/share/datasets/NAME",
+    "dataset.data_dir": "TFDS data dir (source=tfds); empty: TFDS's default",
+    "dataset.validation_size": "training examples held out; early stopping = minimum validation loss",
+    "dataset.augment": "auto (on for 32x32 RGB data such as CIFAR-10) | on | off: random crops and flips",
+    "dataset.image_shape": "synthetic: (height, width, channels); () = the named dataset's shape",
+    "dataset.num_classes": "synthetic: number of classes",
+    "dataset.train_size": "synthetic: training examples (validation included)",
+    "dataset.test_size": "synthetic: test examples",
+    "train.iterations": "training iterations of every run (each level, trial and variant)",
+    "train.batch_size": "examples per training step",
+    "train.optimizer": "adam | sgd | momentum",
+    "train.learning_rate": "learning rate (after warmup, before drops)",
+    "train.momentum": "momentum coefficient (optimizer=momentum)",
+    "train.weight_decay": "L2 weight decay, added to the gradient",
+    "train.lr_drops": "iterations where the learning rate is multiplied by lr_drop_factor",
+    "train.lr_drop_factor": "factor applied at each of lr_drops",
+    "train.warmup_iterations": "linear learning-rate warmup over this many iterations (0 = none)",
+    "train.eval_every": "validation every this many iterations (divides iterations)",
+    "train.test_every_evals": "test curve at every N-th evaluation (1 = all, 0 = none); the test "
+                              "accuracy at early stop is exact regardless",
+    "train.eval_batch_size": "batch size of the evaluation passes",
+    "prune.strategy": "paper (the network's own: layerwise or global) | layerwise | global",
+    "prune.rules": "((regex, rate), ...): per-round rate of the leaves whose whole '/'-path "
+                   "matches; first match wins; () = the model's paper rules",
+    "prune.global_rate": "per-round rate of global pruning; 0 = the rules' (single) rate",
+    "prune.levels": "pruning levels after the dense level 0 (rate 0.2: level L keeps 0.8^L)",
+    "prune.one_shot": "prune level L in one step from the dense run instead of iteratively",
+    "prune.rewind_iteration": "rewind survivors to θ_k, the weights at iteration k (late "
+                              "resetting); 0 = θ₀",
+    "controls.reinit": "also train each ticket's mask from fresh random weights",
+    "controls.random_prune": "also train a random mask with the ticket's per-layer counts",
+    "runtime.devices": "devices to use (0 = all)",
+    "runtime.data_parallel": "split each batch over the devices (one large run, e.g. VGG-19)",
+    "runtime.distributed": "multi-host: call jax.distributed.initialize() first",
+    "runtime.checkpoint_minutes": "checkpoint within a level this often (0 = at level ends only)",
+    "runtime.chunk_seconds": "training time between two checks for a stop (Ctrl-C, SIGTERM)",
+    "runtime.progress_seconds": "at most one progress line per this many seconds",
+}
+
+_HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--help_config")
+_WIDTH = 100
+
+
+def _config_fields(config, prefix: str = "") -> list[tuple[str, object]]:
+    out = []
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            out += _config_fields(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def _load_config_file(spec: str):
+    """``get_config()`` of a config file given as ``--config=PATH[:ARG]``."""
+    import importlib.util
+
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_lth_jax_help_config", path)
+    if module_spec is None or module_spec.loader is None:
+        raise OSError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def help_text(argv: list[str]) -> str:
+    """The --help text: usage, flags, and every config field with its value and meaning; at most
+    100 columns. With ``--config=FILE`` the values are that file's, else ``base_config()``'s."""
+    import textwrap
+
+    from lth_jax import config as config_lib
+
+    spec = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+    if spec is None and "--config" in argv[1:-1]:
+        spec = argv[argv.index("--config") + 1]
+    source, note = "base_config() defaults", ""
+    config = config_lib.base_config()
+    if spec:
+        try:
+            config, source = _load_config_file(spec), f"values of {spec}"
+        except Exception as e:  # noqa: BLE001 -- help must still print
+            note = f"(could not load {spec}: {type(e).__name__}: {e}; showing the defaults)"
+    lines = [
+        "Run a lottery-ticket experiment (Frankle & Carbin 2019): train, prune, rewind, repeat,",
+        "with random-reinit and random-pruning controls, over several trials.",
+        "",
+        "usage: python -m lth_jax.main --config=CONFIG.py --workdir=DIR [--config.FIELD=VALUE ...]",
+        "                              [--noreport]",
+        "",
+        "  --config=FILE    experiment config: configs/lenet300_100.py, conv2..6[_dropout], vgg19,",
+        "                   resnet18, quickstart, tiny (each a get_config() over base_config())",
+        "  --workdir=DIR    results.jsonl, checkpoints, report.md, plots; the same command again",
+        "                   resumes an interrupted run",
+        "  --[no]report     write report.md, results.csv and the plots at the end (default: true)",
+        "  --help           this text (exit 0); with --config=FILE it shows that file's values;",
+        "                   --helpfull adds absl's own flags",
+        "",
+        f"Config fields ({source}); override any with --config.FIELD=VALUE:",
+    ]
+    if note:
+        lines.append(note)
+    name_width = 27
+    fields = _config_fields(config)
+    order = {name: i for i, name in enumerate(CONFIG_HELP)}
+    fields.sort(key=lambda f: (order.get(f[0], len(order)), f[0]))
+    for name, value in fields:
+        shown = repr(value)
+        meaning = CONFIG_HELP.get(name, "(no description)")
+        head = f"  {name:<{name_width}} {shown}"
+        indent = " " * (2 + name_width + 1 + 14 + 1)
+        if len(shown) <= 14:
+            head = f"  {name:<{name_width}} {shown:<14} "
+            wrapped = textwrap.wrap(meaning, _WIDTH - len(head)) or [""]
+            lines.append(head + wrapped[0])
+            lines += [indent + w for w in wrapped[1:]]
+        else:  # a long value gets its own line(s), the meaning below it
+            lines += textwrap.wrap(head, _WIDTH, subsequent_indent=" " * (2 + name_width + 1))
+            lines += [indent + w for w in textwrap.wrap(meaning, _WIDTH - len(indent))]
+    return "\n".join(lines)
+
+
+def _print_help_and_exit(argv: list[str]) -> None:
+    print(help_text(argv))
+    if "--helpfull" in argv[1:]:
+        print("\nabsl flags:\n" + flags.FLAGS.get_help())
+    sys.exit(0)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -92,6 +234,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     ml_collections raises AttributeError/KeyError/TypeError for a mistyped or ill-typed
     ``--config.*`` field; absl would show a traceback or the whole usage text.
     """
+    if any(a in _HELP_FLAGS for a in argv[1:]):  # absl's --help lists no config field and exits 1
+        _print_help_and_exit(argv)
     try:
         return flags.FLAGS(argv)
     except Exception as e:  # noqa: BLE001 -- any parse failure becomes the one-line error

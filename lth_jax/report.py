@@ -738,6 +738,70 @@ def _write_report(workdir, *, curve_levels, plots) -> tuple[str, list[SummaryRow
     return path, rows
 
 
+def terminal_summary(workdir: str | os.PathLike, width: int = 100) -> str:
+    """A short results table for a terminal, at most `width` (>= 60) columns: per level the percent
+    of weights remaining and, per variant, the mean test accuracy at early stop with the mean
+    early-stopping iteration in brackets. It says how many runs stopped at their last evaluation (a
+    budget too short for the validation loss to turn) and where the full report is. The full tables
+    (min–max over trials, final accuracy) stay in report.md.
+    """
+    workdir = _check_workdir(workdir)
+    records = load_results(workdir)
+    config = load_config(workdir)
+    rows = summarize(records)
+    variants = _ordered_variants(rows)
+    title, _ = _describe(config, max((r.n + r.n_diverged for r in rows), default=0))
+    trials = _get(config, "trials", default="?")
+    iterations = _get(config, "train", "iterations", default=-1)
+    lines = [title.lstrip("# "),
+             f"test accuracy at early stop (%), mean over {trials} trial(s) [mean early-stop iteration]"]
+    cell = max(14, min(22, (width - 16) // max(1, len(variants))))
+    header = f"{'level':>5}  {'weights':>7}  " + "".join(
+        f"{VARIANT_LABELS.get(v, v):<{cell}}" for v in variants)
+    lines += [header.rstrip()]
+    by_level: dict[int, dict[str, SummaryRow]] = {}
+    for r in rows:
+        by_level.setdefault(r.level, {})[r.variant] = r
+    for level in sorted(by_level):
+        cells = by_level[level]
+        first = cells.get("ticket") or next(iter(cells.values()))
+        line = f"{level:>5}  {format_percent_remaining(first.density) + '%':>7}  "
+        for v in variants:
+            r = cells.get(v)
+            if r is None:
+                text = ""
+            elif r.test_accuracy_at_early_stop.mean is None:
+                text = f"{r.n_diverged} diverged" if r.n_diverged else "—"
+            else:
+                text = _fmt_acc(r.test_accuracy_at_early_stop.mean)
+                if r.early_stop_iteration.mean is not None:
+                    text += f" [{int(round(r.early_stop_iteration.mean))}]"
+                if r.n_diverged:
+                    text += f" ({r.n_diverged} div.)"
+            line += f"{text:<{cell}}"
+        lines.append(line.rstrip())
+    ok = [r for r in records if _is_ok(r) and _finite(r.get("early_stop_iteration"))]
+    last = [r for r in ok
+            if int(r["early_stop_iteration"]) == max(r.get("eval_iterations") or [iterations])]
+    if ok and last:
+        lines.append(f"{len(last)} of {len(ok)} runs had their minimum validation loss at their last "
+                     "evaluation: longer training (train.iterations) would move those early stops.")
+    missing = missing_runs(config, records) if config is not None else []
+    if missing:
+        lines.append(f"Missing: {sum(len(t) for _, _, t in missing)} run(s); see report.md.")
+    lines.append(f"Full tables (min–max, final accuracy) and plots: "
+                 f"{os.path.join(workdir, REPORT_FILE)}")
+    out = []
+    for line in lines:  # prose lines wrap; table lines fit by construction
+        while len(line) > width:
+            cut = line.rfind(" ", 0, width)
+            cut = cut if cut > 0 else width
+            out.append(line[:cut])
+            line = "  " + line[cut:].lstrip()
+        out.append(line)
+    return "\n".join(out)
+
+
 # --------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------
