@@ -381,9 +381,9 @@ def alive_units(mask: PyTree, links: Links | None = None) -> dict[str, jax.Array
             for p in _links(mask, links)}
 
 
-def _consumer_rows(dead: jax.Array, rows: int) -> jax.Array:
-    """Consumer input index r reads unit r mod U: tile the unit vector over the S positions."""
-    return jnp.tile(dead, rows // dead.shape[0])
+def _consumer_rows(per_unit: jax.Array, rows: int) -> jax.Array:
+    """Consumer input index r reads unit r mod U: tile the per-unit vector over the S positions."""
+    return jnp.tile(per_unit, rows // per_unit.shape[0])
 
 
 def _remove_units(mask_leaves: list, producer: _Producer, dead: jax.Array) -> None:
@@ -401,7 +401,13 @@ def _remove_units(mask_leaves: list, producer: _Producer, dead: jax.Array) -> No
 def is_consistent(mask: PyTree, links: Links | None = None) -> bool | jax.Array:
     """True iff every dead unit (no alive weight in its column/filter) also has its bias entry and
     all its outgoing weights pruned: the whole-neuron rule. A Python bool on concrete masks, a bool
-    array under jit."""
+    array under jit.
+
+    ``neuron_magnitude`` and ``global_neuron_magnitude`` keep it for the producers they prune. One
+    case stays False until the next round prunes that layer: a unit whose inputs were *all*
+    removed upstream (a layer before it emptied) has a dead column but its own bias, as the
+    round left it; it outputs ``relu(bias)``, a constant, and ``compaction`` keeps it.
+    """
     leaves = jax.tree.leaves(mask)
     checks = []
     for p in _links(mask, links):
@@ -447,7 +453,9 @@ def neuron_magnitude(params: PyTree, mask: PyTree, rates: PyTree, *, links: Link
       mask: bool PyTree with the params' structure and shapes.
       rates: per-leaf rates in [0, 1] (``pruning.rates_by_rule``); a producer with rate 0 loses no
         unit (its kernel still loses the rows of removed units of the layer before). May be traced.
-      links: ``(producer, consumer)`` layer paths; default ``sequential_links(params)``.
+      links: ``(producer, consumer)`` layer paths; default ``sequential_links(params)``. Python
+        strings, read when tracing: close over them, or make them a static argument of
+        ``jax.jit`` as a tuple of tuples (hashable).
       norm: "l1" or "l2".
     Returns:
       The new mask, a subset of ``mask``. Pure; jit- and vmap-able.
