@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Set up lth_jax and run the quickstart on real data (Fashion-MNIST): LeNet-300-100, 4 pruning levels,
-# 2 trials, both controls; ends by printing the results table. About 2-3 minutes on a 2-core CPU.
+# Set up lth_jax and run the quickstart on real data (Fashion-MNIST): LeNet-300-100, the dense network
+# and 4 pruning levels (configs/quickstart.py), 2 trials, both controls; ends by printing a summary
+# table (the full report goes to runs/quickstart/report.md). Measured time: see README.md.
 #
 #   bash experiments/quickstart.sh            # venv in .venv, results in runs/quickstart
+#   WORKDIR=runs/qs2 bash experiments/quickstart.sh   # another workdir (the same one resumes)
 #
 # Fashion-MNIST comes from local IDX files. Where they are missing this script tries, in order:
 # Debian's package dataset-fashion-mnist (apt-get, as root), then a download of the four files

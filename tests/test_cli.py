@@ -148,3 +148,16 @@ def test_pyproject_license_is_an_spdx_string():
     assert "license-files" not in meta["project"] or isinstance(meta["project"]["license-files"], list)
     setuptools = [r for r in meta["build-system"]["requires"] if r.startswith("setuptools")]
     assert setuptools and int(setuptools[0].split(">=")[1].split(".")[0]) >= 77  # SPDX license support
+
+
+def test_quickstart_level_count_agrees_in_readme_script_and_config():
+    quickstart = main._load_config_file(str(ROOT / "configs" / "quickstart.py"))
+    texts = {
+        "README.md": (ROOT / "README.md").read_text(),
+        "experiments/quickstart.sh": "\n".join(l.lstrip("# ") for l in
+                                               (ROOT / "experiments" / "quickstart.sh").read_text().splitlines()),
+        "configs/quickstart.py": (ROOT / "configs" / "quickstart.py").read_text(),
+    }
+    for name, text in texts.items():
+        counts = re.findall(r"dense network(?: \(level 0\))? and (\d+) pruning levels", " ".join(text.split()))
+        assert counts == [str(quickstart.prune.levels)], (name, counts)
