@@ -122,7 +122,8 @@ class Instability(NamedTuple):
 def instability(trainer: train_lib.Trainer, data: train_lib.DeviceData, params: PyTree,
                 batch_stats: PyTree, mask: PyTree, *, start: int, data_keys: jax.Array,
                 noise_keys: jax.Array, points: int = 11, split: str = "test",
-                bn_batches: int = 20, batching: str = "vmap") -> Instability:
+                bn_batches: int = 20, batching: str = "vmap",
+                mesh: jax.sharding.Mesh | None = None) -> Instability:
     """Train two copies of ``(m ⊙ θ, batch_stats)`` from iteration ``start`` to the end and measure
     the error barrier between them.
 
@@ -131,12 +132,20 @@ def instability(trainer: train_lib.Trainer, data: train_lib.DeviceData, params: 
         (equal keys give identical copies and a barrier of exactly 0 on a CPU).
       start: the iteration k the state belongs to (the learning-rate schedule continues from it).
       split: ``"test"`` or ``"validation"``.
-      batching: how the two copies share the program (``train.make_run_fn``).
+      batching, mesh: how the two copies share the program (``train.make_run_fn``); with a
+        ``mesh`` of 1 or 2 devices (axis ``"runs"``) each device trains its copies.
     Returns the curve and both runs' results. Host-side driver around two jitted programs.
     """
     stack = lambda tree: jax.tree.map(lambda x: jnp.stack([x, x]), tree)
-    run_fn = train_lib.make_run_fn(trainer, start=start, batching=batching)
-    runs = run_fn(data, stack(params), stack(batch_stats), stack(mask), data_keys, noise_keys)
+    args = (stack(params), stack(batch_stats), stack(mask), data_keys, noise_keys)
+    run_fn = train_lib.make_run_fn(trainer, start=start, batching=batching, mesh=mesh)
+    if mesh is not None:
+        from jax.sharding import NamedSharding, PartitionSpec
+        data = jax.device_put(data, NamedSharding(mesh, PartitionSpec()))
+        args = jax.device_put(args, NamedSharding(mesh, PartitionSpec("runs")))
+    runs = jax.tree.map(np.asarray, run_fn(data, *args))
+    if mesh is not None:
+        data = jax.device_put(data, mesh.devices.flat[0])
     ends = [(jax.tree.map(lambda x: x[i], runs.params),
              jax.tree.map(lambda x: x[i], runs.batch_stats)) for i in (0, 1)]
     eval_split = {"test": data.test, "validation": data.validation}[split]
