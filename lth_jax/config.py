@@ -15,7 +15,10 @@ Every ``configs/*.py`` starts from ``base_config()`` and sets the paper's values
   the model's paper rules), ``global_rate`` (0 = the rules' rate), ``levels``, ``one_shot``,
   ``rewind_iteration``
 * ``controls``: ``reinit``, ``random_prune`` (bools)
-* ``runtime``: ``devices`` (0 = all), ``data_parallel``, ``distributed`` (bools)
+* ``runtime``: ``devices`` (0 = all), ``data_parallel``, ``distributed`` (bools),
+  ``checkpoint_minutes`` (intra-level checkpoints; 0 = at level ends only), ``chunk_seconds``
+  (training time between two stop checks), ``progress_seconds`` (between two progress lines).
+  These change how, not what, is computed: a workdir may be resumed with other values.
 """
 
 from __future__ import annotations
@@ -96,6 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.runtime.devices = 0             # how many devices to use (0 = all)
     c.runtime.data_parallel = False   # split each batch over the devices (one large run, e.g. VGG-19)
     c.runtime.distributed = False     # multi-host: call jax.distributed.initialize() first
+    c.runtime.checkpoint_minutes = 10.0  # intra-level checkpoint every this often (0 = level ends only)
+    c.runtime.chunk_seconds = 4.0     # each chunk of a level trains about this long: a stop waits for it
+    c.runtime.progress_seconds = 30.0  # at most one progress line per this many seconds
     return c
 
 
@@ -202,7 +208,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if unknown:
         _fail(unknown[0], f"unknown field; top-level fields are {', '.join(sorted(expected.keys()))}")
 
-    _int_at_least(c, "seed", 0)
+    if _int_at_least(c, "seed", 0) >= 2**32:  # jax.random.key takes 32 bits: 2**32 would be 0
+        _fail("seed", f"must be < 2**32, got {c.seed}")
     _int_at_least(c, "trials", 1)
     try:
         models.spec(c.model.name)
@@ -229,6 +236,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
     t = c.train
     iterations = _int_at_least(c, "train.iterations", 1)
+    if iterations >= 2**31:  # the iteration counter is an int32 in the training program
+        _fail("train.iterations", f"must be < 2**31, got {iterations}")
     eval_every = _int_at_least(c, "train.eval_every", 1)
     if iterations % eval_every:
         _fail("train.iterations", f"{iterations} is not a multiple of train.eval_every={eval_every}")
@@ -276,6 +285,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail("prune.rewind_iteration",
               f"{rewind} must be a multiple of train.eval_every={eval_every} (θ_k is captured at evaluations)")
     _int_at_least(c, "runtime.devices", 0)
+    if not _number(c, "runtime.checkpoint_minutes") >= 0:
+        _fail("runtime.checkpoint_minutes", f"must be >= 0, got {c.runtime.checkpoint_minutes}")
+    if not _number(c, "runtime.chunk_seconds") > 0:
+        _fail("runtime.chunk_seconds", f"must be > 0, got {c.runtime.chunk_seconds}")
+    if not _number(c, "runtime.progress_seconds") >= 0:
+        _fail("runtime.progress_seconds", f"must be >= 0, got {c.runtime.progress_seconds}")
     for field in ("data_parallel", "distributed"):
         if not isinstance(c.runtime[field], bool):
             _fail(f"runtime.{field}", f"must be True or False, got {c.runtime[field]!r}")

@@ -1,31 +1,31 @@
-"""The lottery-ticket experiment: levels × variants × trials, with checkpoints and resume.
+"""The lottery-ticket experiment: levels × variants × trials, trained in chunks that stop and resume.
 
-Iterative magnitude pruning, as in Frankle & Carbin (2019), for every trial at once::
+``imp`` is the algorithm (Frankle & Carbin 2019, iterative magnitude pruning), every trial at once::
 
-    θ₀ ← init(key)                                       # kept, never mutated
+    θ₀ ← init(key)                                       kept, never mutated
     level 0:  train the dense net m₀ = 1 from θ₀           (capture θ_k if rewinding to k > 0)
     level L:  m_L ← prune(θ_{L-1} trained, m_{L-1})        (one-shot: prune the dense run to level L)
               ticket        m_L ⊙ θ₀ (or θ_k)            trained from iteration k
               reinit        m_L ⊙ θ'  (fresh init)       control
               random_prune  m'_L ⊙ θ₀ (random mask, same per-layer counts as m_L)   control
 
-All (variant, trial) runs of a level train together in one vmapped program (``train.make_run_fn``)
-spread over the devices. After each level its checkpoint is written, then its records are appended
-to ``results.jsonl``; a level counts as finished only when both exist, and a rerun of the same
-command continues at the first unfinished level.
+``LevelTrainer`` trains all runs of a level together (``Runner`` spreads them over the devices) as
+a sequence of chunks of one compiled program. Between chunks it prints progress, checks for a stop,
+and every ``runtime.checkpoint_minutes`` saves an intra-level checkpoint; a rerun of the same
+command continues from it with results identical to an uninterrupted run's. ``Store`` keeps it all
+in the workdir (layout in ``lth_jax.workdir``): θ₀/θ_k, each finished level's checkpoint (committed
+first) and records (written after), and the progress of the level in training.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
+import math
 import os
 import shutil
-import signal
-import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,19 +40,36 @@ from lth_jax import models
 from lth_jax import pruning
 from lth_jax import tickets
 from lth_jax import train as train_lib
+from lth_jax import workdir as workdir_lib
+from lth_jax.workdir import load_experiment  # noqa: F401 -- part of this module's API
 
 PyTree = Any
-VARIANTS = ("ticket", "reinit", "random_prune")
+VARIANTS = workdir_lib.VARIANTS
 # Key purposes: every random draw of an experiment is fold_in(fold_in(root, trial), purpose) [, level].
 INIT, DATA, NOISE, REINIT, RANDOM_MASK = range(5)
-RESULTS = "results.jsonl"
-CONFIG = "config.json"
+RESULTS = workdir_lib.RESULTS
+CONFIG = workdir_lib.CONFIG
 # Fields of a record that measure the machine rather than the experiment (differ between reruns).
 TIMING_FIELDS = ("train_seconds",)
 
+#: The workdir or a checkpoint cannot be used for this experiment (one-line message).
+ExperimentError = workdir_lib.WorkdirError
 
-class ExperimentError(RuntimeError):
-    """The workdir or a checkpoint cannot be used for this experiment."""
+
+class Stopped(Exception):
+    """The run stopped at a safe point because a stop was asked for (SIGINT/SIGTERM in ``main``).
+
+    ``signum`` is the signal; the message says where the run stopped and what is saved.
+    """
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> dict:
+    """The resolved config as plain JSON data (tuples become lists)."""
+    return json.loads(json.dumps(config.to_dict()))
 
 
 # ----------------------------------------------------------------------------- setup
@@ -71,6 +88,7 @@ class Experiment:
     strategy: str             # "layerwise" | "global"
     global_rate: float
     variants: tuple[str, ...]
+    identity: str             # workdir.identity of the config: in every record and checkpoint
 
     def init_variables(self, key: jax.Array) -> dict:
         """Fresh variables ``{'params', 'batch_stats'}`` from D_θ (batch_stats {} without BN)."""
@@ -120,7 +138,12 @@ def setup(config: ml_collections.ConfigDict) -> Experiment:
 
     augment = {"on": True, "off": False, "auto": data_lib.needs_augmentation(info)}[
         config.dataset.augment]
-    variants = ("ticket",) + tuple(v for v in VARIANTS[1:] if config.controls[v])
+    variants = workdir_lib.variants(config_to_json(config))
+    available = jax.devices()
+    if int(config.runtime.devices) > len(available):
+        raise config_lib.ConfigError(
+            f"config.runtime.devices: {config.runtime.devices} devices asked for, but there are "
+            f"{len(available)} {available[0].platform} device(s) here")
     if config.runtime.data_parallel:
         devices = int(config.runtime.devices) or jax.device_count()
         if config.train.batch_size % devices:
@@ -131,7 +154,8 @@ def setup(config: ml_collections.ConfigDict) -> Experiment:
                       data=train_lib.device_data(dataset, int(config.train.eval_batch_size)),
                       trainer=train_lib.make_trainer(model, config.train, augment),
                       input_shape=input_shape, prunable=pruning.prunable(params_shape),
-                      rates=rates, strategy=strategy, global_rate=global_rate, variants=variants)
+                      rates=rates, strategy=strategy, global_rate=global_rate, variants=variants,
+                      identity=workdir_lib.identity(config_to_json(config)))
 
 
 def _dataset_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -141,7 +165,7 @@ def _dataset_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     return d
 
 
-# ----------------------------------------------------------------------------- pure pieces
+# ----------------------------------------------------------------------------- keys and pieces
 
 def trial_key(seed: int, trial: int, purpose: int, level: int | None = None) -> jax.Array:
     """The key for one purpose of one trial (and level): same seed, same draws, on any machine."""
@@ -149,11 +173,10 @@ def trial_key(seed: int, trial: int, purpose: int, level: int | None = None) -> 
     return key if level is None else jax.random.fold_in(key, level)
 
 
-def next_mask(exp: Experiment, trained: PyTree, mask: PyTree, level: int, one_shot: bool) -> PyTree:
-    """The ticket mask of ``level`` from the previous level's trained params and mask (iterative),
-    or from the dense run's trained params and the all-True mask (one-shot: ``level`` rounds at
-    once). Pure; vmap it over trials."""
-    rounds = level if one_shot else 1
+def next_mask(exp: Experiment, trained: PyTree, mask: PyTree, rounds: int) -> PyTree:
+    """``mask`` pruned by ``rounds`` rounds at once by the magnitudes of ``trained``: 1 round from
+    the previous level's ticket (iterative pruning), or L rounds from the dense mask (one-shot
+    pruning to level L, the compound rate). Pure; vmap it over trials."""
     if exp.strategy == "global":
         return pruning.global_magnitude(trained, mask, pruning.compound_rate(exp.global_rate, rounds),
                                         exp.rates)
@@ -161,45 +184,63 @@ def next_mask(exp: Experiment, trained: PyTree, mask: PyTree, level: int, one_sh
     return pruning.layerwise_magnitude(trained, mask, rates)
 
 
-def level_inputs(exp: Experiment, theta: dict, ticket_mask: PyTree, level: jax.Array
-                 ) -> tuple[PyTree, PyTree, PyTree]:
-    """Params, batch stats and masks of every run of a pruning level, stacked in the order of
-    ``expected_runs`` (variant-major: all trials of the ticket, then of each control).
+class Pieces:
+    """The steps of ``imp``, jitted over a leading trial axis (the level is a traced argument, so
+    each compiles once): θ₀, the all-True mask, pruning, rewinding and the two controls."""
 
-    * ticket: ``m ⊙ θ_rewind`` (θ₀ or θ_k);
-    * reinit: ``m ⊙ θ'`` with θ' drawn fresh with the key (trial, REINIT, level);
-    * random_prune: a random mask with the ticket's per-layer counts (key (trial, RANDOM_MASK,
-      level)) applied to θ_rewind.
+    def __init__(self, exp: Experiment, check: Callable[[], Any] = lambda: None):
+        seed, trials = int(exp.config.seed), jnp.arange(int(exp.config.trials))
+        keys = lambda purpose, level: jax.vmap(lambda t: trial_key(seed, t, purpose, level))(trials)
+        init_params = lambda key: exp.init_variables(key)["params"]
+        #: () -> θ₀ {'params', 'batch_stats'} of every trial, from the key (trial, INIT).
+        self.theta0 = jax.jit(lambda: jax.vmap(exp.init_variables)(
+            jax.vmap(lambda t: trial_key(seed, t, INIT))(trials)))
+        self.all_true = jax.jit(jax.vmap(masks_lib.ones_like))
+        #: (trained, mask, rounds) -> the next ticket mask (``next_mask``).
+        self.prune = jax.jit(jax.vmap(lambda p, m, rounds: next_mask(exp, p, m, rounds),
+                                      in_axes=(0, 0, None)), static_argnums=2)
+        self.rewind = jax.jit(jax.vmap(tickets.rewind))
+        #: (mask, level) -> (m ⊙ θ', batch stats of θ'), θ' drawn with the key (trial, REINIT, level).
+        self.reinit = jax.jit(lambda mask, level: (
+            jax.vmap(lambda k, m: tickets.reinit(init_params, k, m))(keys(REINIT, level), mask),
+            jax.vmap(exp.init_variables)(keys(REINIT, level))["batch_stats"]))
+        #: (mask, level) -> a random mask with each leaf's count of ``mask`` (key (trial, RANDOM_MASK, level)).
+        self.random_mask = jax.jit(lambda mask, level: jax.vmap(pruning.random_like)(
+            keys(RANDOM_MASK, level), mask))
+        # ``check`` (the stop check) runs before each piece: the first call of each compiles
+        # for seconds, and a stop asked for meanwhile need not wait for the next one too.
+        for name, fn in list(vars(self).items()):
+            setattr(self, name, _after(check, fn))
 
-    Args have a leading trial axis; ``level`` may be traced (one compilation serves all levels).
-    Pure.
-    """
-    seed, trials = int(exp.config.seed), int(exp.config.trials)
-    keys = lambda purpose: jax.vmap(lambda t: trial_key(seed, t, purpose, level))(jnp.arange(trials))
-    rewind = jax.vmap(tickets.rewind)
-    parts = []
-    for variant in exp.variants:
-        if variant == "ticket":
-            parts.append((rewind(theta["params"], ticket_mask), theta["batch_stats"], ticket_mask))
-        elif variant == "reinit":
-            fresh = jax.vmap(exp.init_variables)(keys(REINIT))
-            parts.append((rewind(fresh["params"], ticket_mask), fresh["batch_stats"], ticket_mask))
-        elif variant == "random_prune":
-            random_mask = jax.vmap(pruning.random_like)(keys(RANDOM_MASK), ticket_mask)
-            parts.append((rewind(theta["params"], random_mask), theta["batch_stats"], random_mask))
-    return tuple(jax.tree.map(lambda *xs: jnp.concatenate(xs), *[p[i] for p in parts])
-                 for i in range(3))
+
+def _after(check: Callable[[], Any], fn: Callable) -> Callable:
+    def call(*args):
+        check()
+        return fn(*args)
+    return call
 
 
 # ----------------------------------------------------------------------------- devices
 
+class _Program(NamedTuple):
+    init: Callable            # (params, batch_stats) -> RunState, sharded like the runs
+    chunk: Callable           # make_chunk_fn's function (compiled on first use)
+    mesh: Mesh
+    sharding: NamedSharding   # of every per-run argument
+    data: train_lib.DeviceData
+    per: int                  # the run axis is padded to a multiple of this
+
+
 class Runner:
-    """Runs the batched training program of a level, spreading its runs over the devices.
+    """Trains the runs of a level on the devices, in chunks of evaluation periods.
 
     A level with R runs uses ``d = min(R, devices)`` devices; the run axis is padded (repeating the
-    last run) to a multiple of d and the padding is dropped from the result. Each device trains its
-    slice of the runs (``batching``: ``"vmap"`` in lockstep, ``"map"`` one after another; ``"auto"``
-    = map on CPUs, vmap on accelerators). Compiled programs are cached per (start, capture, R).
+    last run) to a multiple of d and the padding is dropped from what comes back. Each device trains
+    its slice of the runs (``batching``: ``"vmap"`` in lockstep, ``"map"`` one after another;
+    ``"auto"`` = map on CPUs, vmap on accelerators). With ``data_parallel`` every run uses all
+    devices instead, each batch split over them. One program is compiled per (start, capture, R)
+    and serves every chunk; before its first use, XLA's estimate of its memory is checked against
+    what the devices have (``ExperimentError`` if it cannot fit).
     """
 
     def __init__(self, exp: Experiment, num_devices: int = 0, batching: str = "auto",
@@ -211,54 +252,163 @@ class Runner:
             batching = "map" if self.devices[0].platform == "cpu" else "vmap"
         self.batching = batching
         self.data_parallel = data_parallel
-        self._fns: dict[tuple, tuple] = {}
-        self._data: dict[int, train_lib.DeviceData] = {}
+        self._programs: dict[tuple, _Program] = {}
+        self._compiled: dict[tuple, Any] = {}
+        self._data: dict[tuple, train_lib.DeviceData] = {}
 
-    def _program(self, start: int, capture: int, runs: int):
+    def _program(self, start: int, capture: int, runs: int) -> _Program:
         key = (start, capture, runs)
-        if key in self._fns:
-            return self._fns[key]
+        if key in self._programs:
+            return self._programs[key]
+        trainer = self.exp.trainer
         if self.data_parallel:
             # Every run uses all devices: each training batch is split over them (GSPMD inserts
             # the gradient all-reduce); params, masks and data are replicated.
             mesh = Mesh(np.array(self.devices), ("data",))
             trainer = dataclasses.replace(
-                self.exp.trainer, batch_sharding=NamedSharding(mesh, PartitionSpec("data")))
-            fn = jax.jit(train_lib.make_run_fn(trainer, start=start, capture_iteration=capture,
-                                               batching=self.batching),
-                         out_shardings=NamedSharding(mesh, PartitionSpec()))
-            run_spec = PartitionSpec()
+                trainer, batch_sharding=NamedSharding(mesh, PartitionSpec("data")))
+            sharding = NamedSharding(mesh, PartitionSpec())
+            chunk = jax.jit(train_lib.make_chunk_fn(trainer, start=start, capture_iteration=capture,
+                                                    batching=self.batching),
+                            out_shardings=sharding, donate_argnums=1)
+            per = 1
         else:
             mesh = Mesh(np.array(self.devices[:min(runs, len(self.devices))]), ("runs",))
-            fn = train_lib.make_run_fn(self.exp.trainer, start=start, capture_iteration=capture,
-                                       batching=self.batching, mesh=mesh)
-            run_spec = PartitionSpec("runs")
+            chunk = train_lib.make_chunk_fn(trainer, start=start, capture_iteration=capture,
+                                            batching=self.batching, mesh=mesh)
+            sharding = NamedSharding(mesh, PartitionSpec("runs"))
+            per = mesh.devices.size
+        init = jax.jit(jax.vmap(lambda p, s: train_lib.init_run(trainer, p, s, start)),
+                       out_shardings=sharding)
         d = (mesh.devices.size, self.data_parallel)
         if d not in self._data:
             self._data[d] = jax.device_put(self.exp.data, NamedSharding(mesh, PartitionSpec()))
-        self._fns[key] = (fn, mesh, run_spec, self._data[d])
-        return self._fns[key]
+        self._programs[key] = _Program(init, chunk, mesh, sharding, self._data[d], per)
+        return self._programs[key]
+
+    def begin(self, params: PyTree, batch_stats: PyTree, mask: PyTree, data_key: jax.Array,
+              noise_key: jax.Array, *, start: int, capture: int,
+              saved: dict | None = None) -> "Training":
+        """The R runs given with a leading axis R, on the devices, ready to train from iteration
+        ``start`` (or from ``saved``, a ``Training.snapshot()`` of these runs)."""
+        runs = jax.tree.leaves(mask)[0].shape[0]
+        program = self._program(start, capture, runs)
+        padded = -(-runs // program.per) * program.per
+
+        def put(tree):
+            if padded != runs:
+                tree = jax.tree.map(
+                    lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], padded - runs, axis=0)]), tree)
+            return jax.device_put(tree, program.sharding)
+
+        mask, data_key, noise_key = put((mask, data_key, noise_key))
+        if saved is None:
+            state, period = program.init(put(params), put(batch_stats)), 0
+        else:
+            like = jax.eval_shape(program.init, params, batch_stats)
+            state = put(jax.tree.unflatten(jax.tree.structure(like), list(saved["state"])))
+            period = int(saved["period"])
+        key = (start, capture, runs)
+        if key not in self._compiled:
+            # A lower bound first, before compiling for minutes: a period's batch indices.
+            trainer, devices = self.exp.trainer, list(program.mesh.devices.flat)
+            in_flight = padded // program.per if self.batching == "vmap" else 1
+            self._check_memory(trainer.eval_every * trainer.batch_size * 4 * in_flight, devices,
+                               "its batch indices alone")
+        args = (program.data, state, mask, data_key, noise_key, np.int32(0), np.int32(1))
+        if key not in self._compiled:
+            compiled = program.chunk.lower(*args).compile()
+            self._check_compiled_memory(compiled, list(program.mesh.devices.flat))
+            self._compiled[key] = compiled
+        return Training(self._compiled[key], program.data, state, mask, data_key, noise_key, runs,
+                        train_lib.num_periods(self.exp.trainer, start), period)
 
     def __call__(self, params, batch_stats, mask, data_key, noise_key, *, start: int,
                  capture: int) -> train_lib.RunResult:
-        """Train the R runs given with a leading axis R; returns the RunResult as numpy arrays."""
-        runs = jax.tree.leaves(mask)[0].shape[0]
-        fn, mesh, run_spec, data = self._program(start, capture, runs)
-        per = 1 if self.data_parallel else mesh.devices.size
-        padded = -(-runs // per) * per
-        args = (params, batch_stats, mask, data_key, noise_key)
-        if padded != runs:
-            args = jax.tree.map(
-                lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], padded - runs, axis=0)]), args)
-        args = jax.device_put(args, NamedSharding(mesh, run_spec))
-        result = fn(data, *args)
-        return jax.tree.map(lambda x: np.asarray(x)[:runs], result)
+        """Train the R runs given with a leading axis R in one chunk; returns the RunResult as
+        numpy arrays."""
+        training = self.begin(params, batch_stats, mask, data_key, noise_key, start=start,
+                              capture=capture)
+        training.advance(training.periods)
+        return training.result()
+
+    def _check_compiled_memory(self, compiled, devices: list) -> None:
+        try:
+            stats = compiled.memory_analysis()
+        except Exception:  # noqa: BLE001 -- not every backend has it; then nothing is checked
+            return
+        if stats is not None:
+            self._check_memory(stats.temp_size_in_bytes + stats.argument_size_in_bytes
+                               + stats.output_size_in_bytes - stats.alias_size_in_bytes, devices,
+                               "XLA's estimate")
+
+    @staticmethod
+    def _check_memory(need: int, devices: list, what: str) -> None:
+        """Refuse (ExperimentError) a program that needs more than ``need`` bytes per device."""
+        if devices[0].platform == "cpu":  # the host's memory, shared by all its CPU devices
+            have = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / len(devices)
+        else:
+            memory = devices[0].memory_stats() or {}
+            if "bytes_limit" not in memory:
+                return
+            have = memory["bytes_limit"] - memory.get("bytes_in_use", 0)
+        if need > have:
+            raise ExperimentError(
+                f"this config does not fit in memory: the training program needs "
+                f"~{need / 2**30:.1f} GiB per device ({what}), {have / 2**30:.1f} GiB are free "
+                f"per {devices[0].platform} device; use a smaller train.eval_every (a period's "
+                "batch indices are computed at once), train.batch_size, or fewer runs per device")
+
+
+class Training:
+    """The runs of a level on the devices, trained chunk by chunk with ``advance``."""
+
+    def __init__(self, compiled, data, state, mask, data_key, noise_key, runs: int, periods: int,
+                 period: int):
+        self._compiled, self._data, self._state = compiled, data, state
+        self._inputs = (mask, data_key, noise_key)
+        self.runs, self.periods, self.period = runs, periods, period
+
+    @property
+    def done(self) -> bool:
+        return self.period >= self.periods
+
+    def advance(self, count: int) -> None:
+        """Train the next ``count`` evaluation periods (fewer at the end); returns when done."""
+        count = max(1, min(int(count), self.periods - self.period))
+        self._state = self._compiled(self._data, self._state, *self._inputs,
+                                     np.int32(self.period), np.int32(count))
+        jax.block_until_ready(self._state.best_period)
+        self.period += count
+
+    def best_so_far(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per run: the lowest validation loss so far and the validation accuracy there (NaN
+        before the first evaluation)."""
+        loss = np.asarray(self._state.best_val_loss)[:self.runs]
+        period = np.asarray(self._state.best_period)[:self.runs]
+        accuracy = np.asarray(self._state.curves.val_accuracy)[:self.runs]
+        at = np.where(period >= 0, accuracy[np.arange(self.runs), np.maximum(period, 0)], np.nan)
+        return np.where(np.isfinite(loss), loss, np.nan), at
+
+    def snapshot(self) -> dict:
+        """What continues these runs exactly: the state of every run (numpy, the leaves of the
+        RunState in order) and the next period."""
+        return {"state": [np.asarray(x)[:self.runs] for x in jax.tree.leaves(self._state)],
+                "period": np.int32(self.period)}
+
+    def result(self) -> train_lib.RunResult:
+        """The RunResult of the finished runs, as numpy arrays."""
+        return jax.tree.map(lambda x: np.asarray(x)[:self.runs], train_lib.run_result(self._state))
 
 
 # ----------------------------------------------------------------------------- records
 
 def _finite_list(values) -> list:
     return [float(v) if np.isfinite(v) else None for v in np.asarray(values, np.float64)]
+
+
+def _finite(value) -> float | None:
+    return float(value) if np.isfinite(value) else None
 
 
 def _density(mask: PyTree, prunable: PyTree) -> float:
@@ -268,27 +418,36 @@ def _density(mask: PyTree, prunable: PyTree) -> float:
     return sum(int(m.sum()) for m, s in pairs if s) / total if total else 1.0
 
 
+_OUTCOME_FIELDS = ("early_stop_iteration", "val_loss_at_early_stop", "val_accuracy_at_early_stop",
+                   "test_accuracy_at_early_stop", "final_test_accuracy")
+
+
 def make_record(exp: Experiment, result: train_lib.RunResult, i: int, *, trial: int, level: int,
-                variant: str, mask: PyTree, start: int, seconds: float, runs: int,
-                skipped_because: str | None = None) -> dict:
-    """The JSON record of run ``i`` of a batched result (fields as in DESIGN.md)."""
+                variant: str, mask: PyTree, start: int, seconds: float, runs: int) -> dict:
+    """The JSON record of run ``i`` of a batched result (fields as in DESIGN.md).
+
+    ``status`` is "ok", or "diverged" with a ``failure`` message naming level, variant, trial and
+    iteration, and null results, when (the divergence rule, ``train.diverged``): a training loss
+    was non-finite, or a period's mean training loss exceeded ``train.DIVERGENCE_FACTOR`` times
+    max(initial loss, ln classes), or no validation loss was finite.
+    """
     iterations = train_lib.eval_iterations(exp.trainer, start)
     index = int(result.best_period[i])
     test_curve = np.asarray(result.test_accuracy[i])
     tested = train_lib.tested_evaluations(exp.trainer, start)
-    bad = int(result.nonfinite_step[i])
     record = {
-        "trial": trial, "level": level, "variant": variant,
+        "trial": trial, "level": level, "variant": variant, "experiment": exp.identity,
         "density": _density(mask, exp.prunable),
         "layer_density": masks_lib.layer_density(mask, exp.prunable),
         "status": "ok",
         "early_stop_iteration": int(iterations[index]),
-        "val_loss_at_early_stop": float(result.val_loss[i][index]),
-        "val_accuracy_at_early_stop": float(result.val_accuracy[i][index]),
-        "test_accuracy_at_early_stop": float(result.best_test_accuracy[i]),
-        "final_test_accuracy": float(result.final_test_accuracy[i]),
+        "val_loss_at_early_stop": _finite(result.val_loss[i][index]),
+        "val_accuracy_at_early_stop": _finite(result.val_accuracy[i][index]),
+        "test_accuracy_at_early_stop": _finite(result.best_test_accuracy[i]),
+        "final_test_accuracy": _finite(result.final_test_accuracy[i]),
         "train_seconds": seconds,
         "runs_in_program": runs,
+        "initial_train_loss": _finite(result.initial_loss[i]),
         "eval_iterations": [int(x) for x in iterations],
         "train_loss": _finite_list(result.train_loss[i]),
         "val_loss": _finite_list(result.val_loss[i]),
@@ -297,178 +456,326 @@ def make_record(exp: Experiment, result: train_lib.RunResult, i: int, *, trial: 
         "test_loss": _finite_list(np.asarray(result.test_loss[i])[tested]),
         "test_accuracy": _finite_list(test_curve[tested]),
     }
+    where = f"(level {level}, variant {variant}, trial {trial})"
+    bad = int(result.nonfinite_step[i])
+    blowup = train_lib.diverged(result.train_loss[i], result.initial_loss[i],
+                                exp.dataset_info.num_classes)
     failure = None
-    if skipped_because:  # before divergence: a run of a diverged trial diverges again, typically
-        failure = skipped_because
-        record["status"] = "skipped"
-    elif bad >= 0:
-        failure = (f"non-finite training loss at iteration {bad} "
-                   f"(level {level}, variant {variant}, trial {trial})")
-        record["status"] = "diverged"
+    if bad >= 0:
+        failure = f"non-finite training loss at iteration {bad} {where}"
+    elif blowup >= 0:
+        first = int(iterations[blowup]) - exp.trainer.eval_every
+        failure = (f"training loss {float(result.train_loss[i][blowup]):.3g} averaged over "
+                   f"iterations {first}-{int(iterations[blowup])}, above "
+                   f"{train_lib.DIVERGENCE_FACTOR:g} x max(initial loss, ln classes) {where}")
     elif index < 0:  # e.g. the last step of the only period blew up: no loss saw it
-        failure = (f"no finite validation loss up to iteration {int(iterations[-1])} "
-                   f"(level {level}, variant {variant}, trial {trial})")
-        record["status"] = "diverged"
+        failure = f"no finite validation loss up to iteration {int(iterations[-1])} {where}"
     if failure:
-        record["failure"] = failure
-        for field in ("early_stop_iteration", "val_loss_at_early_stop", "val_accuracy_at_early_stop",
-                      "test_accuracy_at_early_stop", "final_test_accuracy"):
-            record[field] = None
+        record.update(status="diverged", failure=failure, **dict.fromkeys(_OUTCOME_FIELDS))
     return record
 
 
-def read_records(workdir: str) -> list[dict]:
-    """The complete records of ``results.jsonl`` (a half-written last line is ignored)."""
-    path = os.path.join(workdir, RESULTS)
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        text = f.read()
-    records = []
-    lines = text.split("\n")
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+def skipped_record(exp: Experiment, *, trial: int, level: int, variant: str, mask: PyTree,
+                   diverged_at: int) -> dict:
+    """The record of a run that is not trained because its trial's ticket diverged earlier."""
+    return {"trial": trial, "level": level, "variant": variant, "experiment": exp.identity,
+            "density": _density(mask, exp.prunable),
+            "layer_density": masks_lib.layer_density(mask, exp.prunable),
+            "status": "skipped", "failure": f"not trained: the trial's ticket diverged at level "
+                                            f"{diverged_at}",
+            **dict.fromkeys(_OUTCOME_FIELDS), "train_seconds": 0.0, "runs_in_program": 0,
+            "initial_train_loss": None, "eval_iterations": [], "train_loss": [], "val_loss": [],
+            "val_accuracy": [], "test_iterations": [], "test_loss": [], "test_accuracy": []}
+
+
+def level_records(exp: Experiment, level: int, runs: dict, trained: "Trained",
+                  diverged: dict[int, int]) -> list[dict]:
+    """The records of a level, in ``workdir.level_runs`` order: trained runs from their result,
+    runs of trials whose ticket diverged at an earlier level as skipped."""
+    out = []
+    for variant, (_, _, mask) in runs.items():
+        for t in range(int(exp.config.trials)):
+            run_mask = jax.tree.map(lambda x: np.asarray(x[t]), mask)
+            if t in diverged:
+                out.append(skipped_record(exp, trial=t, level=level, variant=variant,
+                                          mask=run_mask, diverged_at=diverged[t]))
+            else:
+                i = trained.order.index((variant, t))
+                out.append(make_record(exp, trained.result, i, trial=t, level=level,
+                                       variant=variant, mask=run_mask, start=trained.start,
+                                       seconds=trained.seconds, runs=len(trained.order)))
+    return out
+
+
+# ----------------------------------------------------------------------------- the store
+
+class Trained(NamedTuple):
+    """What training a level gave: the result of the runs in ``order`` ((variant, trial) pairs)."""
+    result: train_lib.RunResult | None   # None when no run was trained (all trials skipped)
+    order: list[tuple[str, int]]
+    start: int
+    seconds: float
+
+
+def _numpy(tree: PyTree) -> PyTree:
+    return jax.tree.map(np.asarray, tree)
+
+
+class Store:
+    """The experiment's state in its workdir, for the one process that holds the workdir's lock.
+
+    * ``init``: θ₀ and θ_rewind (θ₀, or θ_k) of every trial;
+    * a finished level: its checkpoint (the ticket masks and trained params of every trial, the
+      masks and trained params of every run; its records and the experiment's identity in the
+      checkpoint's meta), committed first, then its records in results.jsonl;
+    * the level in training: its intra-level checkpoint (``LevelTrainer``).
+
+    A level is finished when its checkpoint is committed and verifies against its digest; its
+    records come from results.jsonl, or from the checkpoint when results.jsonl lost them. A
+    damaged checkpoint is reported in one line and its level computed again. Every write is
+    atomic; an OSError (disk full, read-only) becomes one ``ExperimentError`` line.
+    """
+
+    def __init__(self, exp: Experiment, workdir: str, log: Callable[[str], None]):
+        self.exp, self.workdir, self.log = exp, workdir, log
+        self.identity = exp.identity
+        self.config = config_to_json(exp.config)
+        self._lock = workdir_lib.Lock(workdir)
+        self._finished: dict[int, list[dict]] = {}   # level -> its records
+        self._cached: dict[int, dict] = {}           # level -> checkpoint tree (level 0, the last)
+        self._init_digest: str | None = None
+
+    # -- opening
+
+    def open(self) -> None:
+        """Create or check the workdir, take its lock, and find the finished levels (verifying
+        every level checkpoint). Raises ExperimentError when the workdir cannot be used."""
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n == len(lines):  # the last line, without its newline: killed mid-write
-                break
-            raise ExperimentError(f"{path}:{n} is not valid JSON") from None
-    return records
+            if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
+                raise ExperimentError(f"--workdir {self.workdir} is a file, not a directory")
+            os.makedirs(self.workdir, exist_ok=True)
+            self._lock.acquire()
+        except OSError as e:
+            raise ExperimentError(f"cannot use --workdir {self.workdir}: {e.strerror or e}") from None
+        previous = self._lock.previous
+        if previous and previous.get("pid") != os.getpid():
+            self.log(f"lth_jax: took over the lock of process {previous.get('pid')} on "
+                     f"{previous.get('host')} (started {previous.get('started')}), which has ended")
+        self._write(lambda: workdir_lib.clean_checkpoints(self.workdir), "checkpoints/")
+        records = workdir_lib.read_records(self.workdir, warn=lambda m: self.log(f"lth_jax: {m}"))
+        self._check_experiment(records)
+        self._find_finished(records)
 
+    def close(self) -> None:
+        self._lock.release()
 
-def _write_records(workdir: str, records: list[dict]) -> None:
-    """Atomically replace results.jsonl with ``records``."""
-    path = os.path.join(workdir, RESULTS)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    def _write(self, fn: Callable[[], Any], what: str) -> Any:
+        try:
+            return fn()
+        except OSError as e:
+            raise ExperimentError(f"cannot write {what} in {self.workdir}: {e.strerror or e}; "
+                                  "nothing of it was kept") from None
 
+    def _check_experiment(self, records: list[dict]) -> None:
+        """Refuse a workdir of another experiment: config.json's fields, and the identity stored
+        in every record and checkpoint (which also guards a workdir whose config.json is gone)."""
+        path = os.path.join(self.workdir, CONFIG)
+        try:
+            saved, damaged = workdir_lib.read_config(self.workdir), None
+        except workdir_lib.WorkdirError as e:
+            saved, damaged = None, str(e)
+        nothing_saved = not records and not workdir_lib.checkpoint_names(self.workdir)
+        if saved is not None and nothing_saved:
+            saved = None  # config.json of a run that saved nothing (e.g. refused): replaced
+        if saved is not None:
+            a, b = _flatten(saved), _flatten(self.config)
+            diffs = [k for k in sorted(set(a) | set(b)) if not k.startswith("runtime.")
+                     and a.get(k, "<missing>") != b.get(k, "<missing>")]
+            if diffs:
+                shown = "; ".join(f"{k}: workdir has {a.get(k, '<missing>')!r}, config has "
+                                  f"{b.get(k, '<missing>')!r}" for k in diffs[:5])
+                raise ExperimentError(f"{self.workdir} holds a different experiment ({shown}). Use "
+                                      "another --workdir, or the same config to resume.")
+        others = [f"results.jsonl (trial {r['trial']}, level {r['level']})" for r in records
+                  if r.get("experiment", self.identity) != self.identity]
+        for name in workdir_lib.checkpoint_names(self.workdir):
+            meta = workdir_lib.checkpoint_meta(self.workdir, name)
+            if meta and meta.get("experiment", self.identity) != self.identity:
+                others.append(f"checkpoints/{name}")
+        if others:
+            why = (" and its config.json is missing" if saved is None and damaged is None else
+                   f" and its config.json is unreadable" if damaged else "")
+            raise ExperimentError(
+                f"{self.workdir} holds results of another experiment ({others[0]} has another "
+                f"experiment identity than this config's {self.identity}){why}. Use another "
+                "--workdir, or the config those results were made with.")
+        if saved is None:
+            if damaged:
+                self.log(f"lth_jax: {damaged}; rewritten from this config"
+                         + ("" if nothing_saved else " (the saved results are of this experiment)"))
+            self._write(lambda: workdir_lib.write_json_atomically(path, self.config), CONFIG)
 
-def _append_records(workdir: str, records: list[dict]) -> None:
-    # One write of whole lines: a kill leaves at most one partial last line, which is dropped.
-    with open(os.path.join(workdir, RESULTS), "a") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in records))
-        f.flush()
-        os.fsync(f.fileno())
+    def _find_finished(self, records: list[dict]) -> None:
+        by_run = {(r["level"], r["variant"], r["trial"]): r for r in records}
+        last = None
+        for level in range(int(self.exp.config.prune.levels) + 1):
+            name = workdir_lib.level_checkpoint(level)
+            if not os.path.exists(workdir_lib.checkpoint_path(self.workdir, name)):
+                continue
+            try:
+                tree, meta = workdir_lib.read_checkpoint(self.workdir, name)
+            except workdir_lib.CheckpointError as e:
+                self.log(f"lth_jax: {e}; level {level} is computed again")
+                self._write(lambda: workdir_lib.remove_checkpoint(self.workdir, name), name)
+                continue
+            expected = workdir_lib.level_runs(self.config, level)
+            kept = [by_run.get((level, v, t)) for v, t in expected]
+            if None in kept:
+                kept = meta["records"]
+                self.log(f"lth_jax: the records of level {level} are restored from its checkpoint")
+            self._finished[level] = kept
+            self._init_digest = meta.get("init_digest", self._init_digest)
+            if level == 0:
+                self._cached[0] = tree
+            last = level
+        if last:
+            self._cached[last] = workdir_lib.read_checkpoint(
+                self.workdir, workdir_lib.level_checkpoint(last))[0]
+        for name in workdir_lib.checkpoint_names(self.workdir):  # progress of a finished level
+            if name.startswith("progress_") and int(name[len("progress_"):]) in self._finished:
+                workdir_lib.remove_checkpoint(self.workdir, name)
+        self._write_records()
 
+    def _write_records(self) -> None:
+        records = self.records()
+        text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in records)
+        path = os.path.join(self.workdir, RESULTS)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                if f.read() == text:
+                    return
+        elif not records:
+            return
+        self._write(lambda: workdir_lib.write_records(self.workdir, records), RESULTS)
 
-# ----------------------------------------------------------------------------- checkpoints
-
-def _checkpointer():
-    import orbax.checkpoint as ocp  # imported lazily: it is slow to import and only needed here
-    return ocp.PyTreeCheckpointer()
-
-
-def _ckpt_path(workdir: str, name: str) -> str:
-    return os.path.abspath(os.path.join(workdir, "checkpoints", name))
-
-
-@contextlib.contextmanager
-def _signals_deferred():
-    """Hold SIGINT/SIGTERM inside the block and deliver them right after it.
-
-    An exception raised by a signal handler in the middle of orbax's save (its event loop, its
-    threads) leaves them half torn down and may be swallowed by an ``except Exception`` there.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    previous = {sig: signal.signal(sig, lambda signum, _: received.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        for sig in dict.fromkeys(received):
-            signal.raise_signal(sig)
-
-
-class _NotedSignals:
-    """While entered, SIGINT/SIGTERM still go to the Python handlers in place (which raise:
-    KeyboardInterrupt, main's Stop) but are also noted, and ``check()`` raises a noted one again.
-
-    An exception raised by a handler inside a garbage-collector callback or a destructor is only
-    printed by Python ("Exception ignored in ..."), and the run would go on to the end: ``run``
-    calls ``check()`` between levels so that such a signal still stops it there.
-    """
-
-    def __enter__(self):
-        self.noted, self.previous = [], {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                handler = signal.getsignal(sig)
-                if callable(handler):  # (SIG_DFL/SIG_IGN raise nothing that could be lost)
-                    self.previous[sig] = handler
-                    signal.signal(sig, self._forward)
+    def __enter__(self) -> "Store":
+        try:
+            self.open()
+        except BaseException:
+            self.close()  # (an open that fails after taking the lock gives it back)
+            raise
         return self
 
-    def _forward(self, signum, frame):
-        self.noted.append(signum)
-        self.previous[signum](signum, frame)
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
-    def check(self) -> None:
-        """Raise (through its handler) a SIGINT/SIGTERM received since the last check, if any."""
-        if self.noted:
-            signum = self.noted[-1]
-            self.noted.clear()
-            self.previous[signum](signum, None)
+    # -- reading
 
-    def __exit__(self, *exc_info):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+    def records(self) -> list[dict]:
+        """The records of the finished levels, by level (each in ``workdir.level_runs`` order)."""
+        return [r for level in sorted(self._finished) for r in self._finished[level]]
 
+    def is_finished(self, level: int) -> bool:
+        return level in self._finished
 
-def save_checkpoint(workdir: str, name: str, tree: PyTree) -> None:
-    """Write ``tree`` under checkpoints/name atomically (orbax commits by a final rename).
-    SIGINT/SIGTERM arriving meanwhile take effect once the write is done."""
-    path = _ckpt_path(workdir, name)
-    tree = jax.tree.map(np.asarray, tree)
-    checkpointer = _checkpointer()
-    with _signals_deferred():
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        checkpointer.save(path, tree)
+    def diverged_tickets(self, before: int) -> dict[int, int]:
+        """trial -> the first level below ``before`` at which its ticket did not finish "ok"."""
+        out: dict[int, int] = {}
+        for r in self.records():
+            if r["variant"] == "ticket" and r["status"] != "ok" and r["level"] < before:
+                out[r["trial"]] = min(r["level"], out.get(r["trial"], r["level"]))
+        return out
 
+    def ticket(self, level: int) -> dict:
+        """A finished level's ticket: ``{'mask', 'trained_params', 'trained_batch_stats'}``."""
+        if level not in self._cached:
+            self._cached[level] = workdir_lib.read_checkpoint(
+                self.workdir, workdir_lib.level_checkpoint(level))[0]
+        return self._cached[level]["ticket"]
 
-def load_checkpoint(workdir: str, name: str, like: PyTree | None = None) -> PyTree:
-    """Read checkpoints/name; with ``like``, check it has the same structure and shapes (when
-    ``like`` is a dict, only the parts of the checkpoint under its keys are checked)."""
-    path = _ckpt_path(workdir, name)
-    if not os.path.exists(path):
-        raise ExperimentError(f"checkpoint {path} does not exist")
-    tree = _checkpointer().restore(path)
-    if like is not None:
-        part = ({k: tree[k] for k in like if k in tree}
-                if isinstance(like, dict) and isinstance(tree, dict) else tree)
-        got = {p: np.shape(x) for p, x in zip(masks_lib.leaf_paths(part), jax.tree.leaves(part))}
-        want = {p: np.shape(x) for p, x in zip(masks_lib.leaf_paths(like), jax.tree.leaves(like))}
-        if got != want:
-            diff = sorted(set(got.items()) ^ set(want.items()))[0]
-            raise ExperimentError(f"checkpoint {path} does not fit this experiment's model "
-                                  f"(first difference at '{diff[0]}'): is it from another model?")
-    return tree
+    def theta0(self, build: Callable[[], PyTree]) -> dict:
+        """θ₀ of every trial: from the init checkpoint, or ``build()`` (from the seed) when there
+        is none yet or it was lost or damaged. A rebuilt θ₀ is checked against the digest the
+        saved levels recorded, and the init checkpoint written again."""
+        name = workdir_lib.INIT
+        if os.path.exists(workdir_lib.checkpoint_path(self.workdir, name)):
+            try:
+                init, meta = workdir_lib.read_checkpoint(self.workdir, name)
+                self._init_digest = meta["digest"]
+                return init["theta0"]
+            except workdir_lib.CheckpointError as e:
+                self.log(f"lth_jax: {e}; θ₀ is rebuilt from the seed")
+        theta0 = _numpy(build())
+        if 0 in self._finished:  # θ_rewind: θ₀, or θ_k as level 0 captured it
+            level0 = self._cached[0]
+            init = {"theta0": theta0, "theta_rewind": level0.get("theta_rewind", theta0)}
+            if self._init_digest and workdir_lib.digest(init) != self._init_digest:
+                raise ExperimentError(
+                    f"checkpoints/{name} is lost or damaged, and θ₀ rebuilt from the seed differs "
+                    "from the one the saved levels were trained from (e.g. another JAX version): "
+                    f"restore checkpoints/{name} from a backup, or start over in a new --workdir")
+            self._save_init(init)
+        return theta0
 
+    def theta_rewind(self) -> dict:
+        """θ_rewind (θ₀, or θ_k) of every trial; exists once level 0 is finished."""
+        return workdir_lib.read_checkpoint(self.workdir, workdir_lib.INIT)[0]["theta_rewind"]
 
-def _clean_partial_checkpoints(workdir: str) -> None:
-    folder = os.path.join(workdir, "checkpoints")
-    if os.path.isdir(folder):
-        for name in os.listdir(folder):
-            if ".orbax-checkpoint-tmp" in name or name.endswith(".tmp"):
-                shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+    def progress(self, level: int, inputs: str) -> tuple[dict, dict] | None:
+        """The intra-level checkpoint of ``level`` — (snapshot, meta) — if there is one that
+        verifies and was made from the same inputs (masks, keys); else None."""
+        name = workdir_lib.progress_checkpoint(level)
+        if not os.path.exists(workdir_lib.checkpoint_path(self.workdir, name)):
+            return None
+        try:
+            tree, meta = workdir_lib.read_checkpoint(self.workdir, name)
+        except workdir_lib.CheckpointError as e:
+            self.log(f"lth_jax: {e}; level {level} starts again from its beginning")
+            return None
+        if meta.get("inputs") != inputs:
+            self.log(f"lth_jax: checkpoint {name} was made from other inputs; level {level} "
+                     "starts again from its beginning")
+            return None
+        return tree, meta
 
+    # -- writing
 
-# ----------------------------------------------------------------------------- the workdir
+    def save_progress(self, level: int, snapshot: dict, meta: dict) -> None:
+        name = workdir_lib.progress_checkpoint(level)
+        self._write(lambda: workdir_lib.write_checkpoint(
+            self.workdir, name, snapshot, {"experiment": self.identity, "level": level, **meta}),
+            f"checkpoints/{name}")
 
-def config_to_json(config: ml_collections.ConfigDict) -> dict:
-    """The resolved config as plain JSON data (tuples become lists)."""
-    return json.loads(json.dumps(config.to_dict()))
+    def _save_init(self, init: dict) -> None:
+        self._write(lambda: workdir_lib.write_checkpoint(
+            self.workdir, workdir_lib.INIT, init, {"experiment": self.identity}), "checkpoints/init")
+        self._init_digest = workdir_lib.digest(init)
+
+    def save_level(self, level: int, tree: dict, records: list[dict], theta0: dict) -> None:
+        """Commit a finished level: (at level 0: θ₀ and θ_rewind, which is θ₀ or the tree's
+        ``theta_rewind``), its checkpoint, then its records; its intra-level checkpoint goes."""
+        tree = _numpy(tree)
+        if level == 0:
+            theta0 = _numpy(theta0)
+            self._save_init({"theta0": theta0, "theta_rewind": tree.get("theta_rewind", theta0)})
+        name = workdir_lib.level_checkpoint(level)
+        self._write(lambda: workdir_lib.write_checkpoint(
+            self.workdir, name, tree, {"experiment": self.identity, "level": level,
+                                       "init_digest": self._init_digest, "records": records}),
+            f"checkpoints/{name}")
+        self._finished[level] = records
+        self._cached = {k: v for k, v in self._cached.items() if k == 0}
+        self._cached[level] = tree
+        self._write_records()
+        workdir_lib.remove_checkpoint(self.workdir, workdir_lib.progress_checkpoint(level))
+
+    def check_disk(self, level: int, need: int) -> None:
+        """Refuse to start a level whose checkpoints would not fit on the workdir's disk."""
+        free = shutil.disk_usage(self.workdir).free
+        if need > free:
+            raise ExperimentError(
+                f"not enough disk space for level {level} in {self.workdir}: its checkpoints need "
+                f"~{need / 2**20:,.0f} MiB, {free / 2**20:,.0f} MiB are free")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -481,218 +788,263 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Create the workdir with config.json, or check that the one there holds the same experiment.
+# ----------------------------------------------------------------------------- the algorithm
 
-    ``runtime.*`` fields may differ (they change how, not what, is computed).
+def imp(exp: Experiment, pieces: Pieces, store: Store, train: "LevelTrainer") -> None:
+    """Iterative magnitude pruning with its controls, for every trial at once.
+
+    Per level: the ticket's mask (dense at level 0), the runs (the ticket and each control),
+    training (all runs together), the records. A finished level is never computed again, and the
+    runs of a trial whose ticket diverged at an earlier level are recorded as skipped, untrained.
     """
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, CONFIG)
-    resolved = config_to_json(config)
-    if os.path.exists(path):
-        with open(path) as f:
-            try:
-                saved = json.load(f)
-            except json.JSONDecodeError:
-                raise ExperimentError(f"{path} is not valid JSON; remove the workdir to start over")
-        a, b = _flatten(saved), _flatten(resolved)
-        diffs = [k for k in sorted(set(a) | set(b))
-                 if not k.startswith("runtime.") and a.get(k, "<missing>") != b.get(k, "<missing>")]
-        if diffs:
-            shown = "; ".join(f"{k}: workdir has {a.get(k, '<missing>')!r}, config has "
-                              f"{b.get(k, '<missing>')!r}" for k in diffs[:5])
-            raise ExperimentError(f"{workdir} holds a different experiment ({shown}). Use another "
-                                  "--workdir, or the same config to resume.")
-    else:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(resolved, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+    k, one_shot = int(exp.config.prune.rewind_iteration), bool(exp.config.prune.one_shot)
+    theta0 = store.theta0(build=pieces.theta0)
+    for level in range(int(exp.config.prune.levels) + 1):
+        if store.is_finished(level):
+            continue
+        if level == 0:  # the dense network from θ₀; with rewinding, θ_k is captured on the way
+            mask, theta, start, capture = pieces.all_true(theta0["params"]), theta0, 0, k or -1
+        else:  # prune the last trained ticket (one-shot: the dense one), rewind to θ₀ or θ_k
+            source = store.ticket(0 if one_shot else level - 1)
+            mask = pieces.prune(source["trained_params"], source["mask"], level if one_shot else 1)
+            theta, start, capture = store.theta_rewind(), k, -1
+        runs = {"ticket": (pieces.rewind(theta["params"], mask), theta["batch_stats"], mask)}
+        if level and "reinit" in exp.variants:  # the ticket's mask on a fresh draw from D_θ
+            runs["reinit"] = (*pieces.reinit(mask, level), mask)
+        if level and "random_prune" in exp.variants:  # a random mask of the ticket's layer sizes
+            random_mask = pieces.random_mask(mask, level)
+            runs["random_prune"] = (pieces.rewind(theta["params"], random_mask),
+                                    theta["batch_stats"], random_mask)
+        diverged = store.diverged_tickets(before=level)
+        trained = train(level, runs, [t for t in range(int(exp.config.trials)) if t not in diverged],
+                        start=start, capture=capture)
+        records = level_records(exp, level, runs, trained, diverged)
+        store.save_level(level, level_checkpoint(exp, runs, trained, k), records, theta0=theta0)
+        train.log_level(level, records, trained)
 
 
-def expected_runs(exp: Experiment, level: int) -> list[tuple[str, int]]:
-    """(variant, trial) of every run of a level, in the order they are batched."""
-    variants = ("ticket",) if level == 0 else exp.variants
-    return [(v, t) for v in variants for t in range(exp.config.trials)]
+def level_checkpoint(exp: Experiment, runs: dict, trained: Trained, k: int) -> dict:
+    """A level's checkpoint: ``ticket`` (mask, trained params and batch stats of every trial; NaN
+    params for a trial not trained), ``runs`` (mask and trained params of every trained run, in
+    ``trained.order``) and, at level 0 with rewinding, ``theta_rewind`` (θ_k of every trial)."""
+    mask = runs["ticket"][2]
+    trials = int(exp.config.trials)
+    index = {t: i for i, (v, t) in enumerate(trained.order) if v == "ticket"}
+
+    def per_trial(field, like):
+        def leaf(x, y):
+            rows = [np.asarray(x[index[t]]) if t in index else np.full(y.shape[1:], np.nan, y.dtype)
+                    for t in range(trials)]
+            return np.stack(rows)
+        if trained.result is None:
+            return jax.tree.map(lambda y: np.full(y.shape, np.nan, y.dtype), like)
+        return jax.tree.map(leaf, getattr(trained.result, field), like)
+
+    params, stats = runs["ticket"][0], runs["ticket"][1]
+    tree = {"ticket": {"mask": mask, "trained_params": per_trial("params", params),
+                       "trained_batch_stats": per_trial("batch_stats", stats)}}
+    if trained.order:
+        masks = [jax.tree.map(lambda x: x[t], runs[v][2]) for v, t in trained.order]
+        tree["runs"] = {"mask": jax.tree.map(lambda *xs: np.stack(xs), *masks),
+                        "trained_params": trained.result.params}
+    if k and trained.start == 0 and trained.result is not None:
+        tree["theta_rewind"] = {"params": per_trial("captured_params", params),
+                                "batch_stats": per_trial("captured_batch_stats", stats)}
+    return tree
 
 
-def finished_levels(exp: Experiment, workdir: str, records: list[dict]) -> int:
-    """How many levels (0, 1, ...) are finished: their checkpoint and all their records exist."""
-    have = {(r["level"], r["variant"], r["trial"]) for r in records}
-    level = 0
-    while level <= exp.config.prune.levels:
-        complete = all((level, v, t) in have for v, t in expected_runs(exp, level))
-        if not (complete and os.path.exists(_ckpt_path(workdir, f"level_{level:03d}"))):
-            break
-        level += 1
-    return level
+# ----------------------------------------------------------------------------- training a level
+
+class LevelTrainer:
+    """Trains the runs of a level as chunks of one compiled program (``Runner.begin``).
+
+    The chunk length follows the clock: each chunk aims at ``runtime.chunk_seconds`` of training
+    (whole evaluation periods, at least one), measured on the previous chunk, so that a stop asked
+    for by ``stop`` is honoured within about that time on any device. Between chunks: a progress
+    line (at most one per ``runtime.progress_seconds``), the stop check, and every
+    ``runtime.checkpoint_minutes`` (0: never) an intra-level checkpoint, also written when a stop
+    ends the level early. A level with an intra-level checkpoint made from the same inputs
+    continues from it.
+    """
+
+    def __init__(self, exp: Experiment, store: Store, runner: Runner, log: Callable[[str], None],
+                 check_stop: Callable[[str], None]):
+        self.exp, self.store, self.runner, self.log, self.check_stop = exp, store, runner, log, check_stop
+        cfg = exp.config
+        seed, trials = int(cfg.seed), int(cfg.trials)
+        self.data_keys = jnp.stack([trial_key(seed, t, DATA) for t in range(trials)])
+        self.noise_keys = jnp.stack([trial_key(seed, t, NOISE) for t in range(trials)])
+        self.chunk_seconds = float(cfg.runtime.chunk_seconds)
+        self.progress_seconds = float(cfg.runtime.progress_seconds)
+        self.checkpoint_seconds = 60.0 * float(cfg.runtime.checkpoint_minutes)
+        self.rate = None  # model-steps/s measured so far (for the ETAs)
+
+    def __call__(self, level: int, runs: dict, trials: list[int], *, start: int,
+                 capture: int) -> Trained:
+        """Train the runs of ``trials`` of every variant in ``runs`` ({variant: (params,
+        batch_stats, mask)}, leading trial axis) from iteration ``start``."""
+        order = [(v, t) for v in runs for t in trials]
+        if not order:
+            return Trained(None, [], start, 0.0)
+        pick = np.array(trials)
+        stack = lambda i: jax.tree.map(lambda *xs: jnp.concatenate(xs),
+                                       *[jax.tree.map(lambda x: x[pick], r[i]) for r in runs.values()])
+        params, stats, masks = stack(0), stack(1), stack(2)
+        which = np.array([t for _, t in order])
+        data_keys, noise_keys = self.data_keys[which], self.noise_keys[which]
+        # What fixes the runs besides their state: masks, data order, noise, start, capture.
+        inputs = workdir_lib.digest({"mask": _numpy(masks), "data": np.asarray(jax.random.key_data(
+            data_keys)), "noise": np.asarray(jax.random.key_data(noise_keys)),
+            "start": np.int64(start), "capture": np.int64(capture)})
+        saved = self.store.progress(level, inputs)
+        state_bytes = 6 * workdir_lib.tree_bytes(_numpy(params)) + workdir_lib.tree_bytes(_numpy(masks))
+        self.store.check_disk(level, 3 * state_bytes)  # progress (old + new) and the level's
+        self.check_stop(f"before level {level}")
+        training = self.runner.begin(params, stats, masks, data_keys, noise_keys, start=start,
+                                     capture=capture, saved=saved[0] if saved else None)
+        seconds = float(saved[1]["seconds"]) if saved else 0.0
+        every = self.exp.trainer.eval_every
+        if saved:
+            self.log(f"level {level}: resuming at iteration {start + training.period * every:,} "
+                     "from its intra-level checkpoint")
+        count, saved_at, said_at, first = 1, time.monotonic(), -math.inf, training.period
+        while not training.done:
+            t0 = time.monotonic()
+            training.advance(count)
+            elapsed = time.monotonic() - t0
+            seconds += elapsed
+            self.rate = len(order) * every * count / max(elapsed, 1e-9)
+            count = max(1, int(self.chunk_seconds / max(elapsed / count, 1e-9)))
+            now = time.monotonic()
+            if now - said_at >= self.progress_seconds or training.done:
+                self._progress(level, training, start, len(order))
+                said_at = now
+            if training.done:
+                break
+            stopping = self.check_stop(None, raise_=False)
+            if (stopping and self.checkpoint_seconds) or (
+                    self.checkpoint_seconds and now - saved_at >= self.checkpoint_seconds):
+                self.store.save_progress(level, training.snapshot(),
+                                         {"inputs": inputs, "seconds": seconds,
+                                          "runs": [list(r) for r in order]})
+                saved_at = now
+            if stopping:
+                done = start + training.period * every
+                kept = ("saved at iteration {:,}".format(done) if self.checkpoint_seconds else
+                        "not saved (runtime.checkpoint_minutes=0)")
+                self.check_stop(f"in level {level} at iteration {done:,} (progress {kept})")
+        del first
+        return Trained(training.result(), order, start, seconds)
+
+    def _progress(self, level: int, training: Training, start: int, runs: int) -> None:
+        cfg, every = self.exp.config, self.exp.trainer.eval_every
+        loss, accuracy = training.best_so_far()
+        remaining = (training.periods - training.period) * every * runs
+        later = (int(cfg.prune.levels) - level) * len(self.exp.variants) * int(cfg.trials) * (
+            int(cfg.train.iterations) - int(cfg.prune.rewind_iteration))
+        rate = self.rate or float("nan")
+        best = (f"best val loss {np.nanmean(loss):.4f} acc {100 * np.nanmean(accuracy):.2f}%"
+                if np.isfinite(loss).any() else "no finite val loss yet")
+        self.log(f"level {level:2d}  iteration {start + training.period * every:,}/"
+                 f"{int(cfg.train.iterations):,}  {best} (mean of {runs} runs)  "
+                 f"{rate:,.0f} model-steps/s  ETA level {_duration(remaining / rate)}, "
+                 f"experiment {_duration((remaining + later) / rate)}")
+
+    def log_level(self, level: int, new: list[dict], trained: Trained) -> None:
+        """The line that ends a level: density, ticket and control accuracies, time."""
+        cfg = self.exp.config
+        tickets_ok = [r for r in new if r["variant"] == "ticket" and r["status"] == "ok"]
+        if tickets_ok:
+            acc = np.mean([r["test_accuracy_at_early_stop"] for r in tickets_ok])
+            es = np.mean([r["early_stop_iteration"] for r in tickets_ok])
+            summary = f"ticket test acc {100 * acc:.2f}% at early stop (iteration {es:.0f})"
+        else:
+            summary = "no ticket finished (diverged or skipped)"
+        controls = []
+        for variant in self.exp.variants[1:]:
+            ok = [r["test_accuracy_at_early_stop"] for r in new
+                  if r["variant"] == variant and r["status"] == "ok"]
+            if ok:
+                controls.append(f"{variant} {100 * np.mean(ok):.2f}%")
+        for r in new:
+            if r["status"] == "diverged":
+                later = "; later levels of its trial are skipped" if r["variant"] == "ticket" else ""
+                self.log(f"WARNING: {r['failure']}{later}")
+        later = (int(cfg.prune.levels) - level) * len(self.exp.variants) * int(cfg.trials) * (
+            int(cfg.train.iterations) - int(cfg.prune.rewind_iteration))
+        eta = f", ~{_duration(later / self.rate)} left" if self.rate else ""
+        self.log(f"level {level:2d}/{int(cfg.prune.levels)}  density {100 * new[0]['density']:6.2f}%"
+                 f"  {summary}" + (f"; {', '.join(controls)}" if controls else "")
+                 + f"  [{trained.seconds:.1f}s{eta}]")
+
+
+def _duration(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 # ----------------------------------------------------------------------------- the experiment
 
 def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None] = print,
-        exp: Experiment | None = None) -> list[dict]:
+        exp: Experiment | None = None, stop: Callable[[], int] | None = None) -> list[dict]:
     """Run (or resume) the whole experiment in ``workdir``; returns all records.
 
-    Levels already finished in ``workdir`` are kept; the first unfinished level starts again from
-    its checkpointed inputs, so the final records equal an uninterrupted run's (timing fields aside).
+    Finished levels in ``workdir`` are kept; the first unfinished level continues from its
+    intra-level checkpoint (or starts again), so the final records equal an uninterrupted run's
+    (timing fields aside). The workdir is locked while this runs.
+
+    ``stop`` is polled at safe points (between startup steps, chunks and levels); when it returns
+    a signal number, the level's progress is saved (see ``LevelTrainer``) and ``Stopped`` raised.
     """
-    with _NotedSignals() as signals:
-        return _run(config, workdir, log, exp, signals.check)
+    def check_stop(where: str | None, raise_: bool = True) -> int:
+        signum = stop() if stop else 0
+        if signum and raise_:
+            raise Stopped(signum, f"stopped {where or 'before training'}")
+        return signum
 
-
-def _run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None],
-         exp: Experiment | None, check_signals: Callable[[], None]) -> list[dict]:
+    # Refused at once if another process is writing there (before loading data for minutes);
+    # the lock itself is taken by the Store, once the config and data are known to be good.
+    workdir_lib.Lock(workdir).refuse_if_held()
     exp = exp or setup(config)
-    cfg = exp.config
-    prepare_workdir(cfg, workdir)
-    _clean_partial_checkpoints(workdir)
-    records = read_records(workdir)
-    done = finished_levels(exp, workdir, records)
-    records = [r for r in records if r["level"] < done]
-    _write_records(workdir, records)  # drops records of an unfinished level and any partial line
-
-    runner = Runner(exp, int(cfg.runtime.devices), data_parallel=bool(cfg.runtime.data_parallel))
-    trials = int(cfg.trials)
-    seed = int(cfg.seed)
-    k = int(cfg.prune.rewind_iteration)
-    levels = int(cfg.prune.levels)
-    data_keys = jnp.stack([trial_key(seed, t, DATA) for t in range(trials)])
-    noise_keys = jnp.stack([trial_key(seed, t, NOISE) for t in range(trials)])
-    init_template = jax.jit(jax.vmap(exp.init_variables))(
-        jnp.stack([trial_key(seed, t, INIT) for t in range(trials)]))
-    log(f"lth_jax: {cfg.model.name} on {exp.dataset_info.name} ({exp.dataset_info.source}), "
-        f"{trials} trial(s), levels 0..{levels}, {cfg.train.iterations} iterations, variants "
-        f"{', '.join(exp.variants)}; {len(runner.devices)} {runner.devices[0].platform} device(s), "
-        f"runs batched by {runner.batching}"
-        f"{', each batch split over the devices' if runner.data_parallel else ''}; workdir {workdir}")
-    if done:
-        log(f"resuming: levels 0..{done - 1} already finished ({len(records)} records kept)")
-    check_signals()
-
-    prepare = jax.jit(lambda theta, mask, level: level_inputs(exp, theta, mask, level))
-    one_shot = bool(cfg.prune.one_shot)
-    # The level only matters for one-shot pruning (the compound rate); iterative pruning compiles once.
-    prune_fn = jax.jit(jax.vmap(lambda p, m, level: next_mask(exp, p, m, level, one_shot),
-                                in_axes=(0, 0, None)), static_argnums=2)
-    level_seconds = []
-
-    if done == 0:
-        theta0 = init_template
-        ones = jax.vmap(masks_lib.ones_like)(theta0["params"])
-        t0 = time.time()
-        result = runner(theta0["params"], theta0["batch_stats"], ones, data_keys, noise_keys,
-                        start=0, capture=k if k > 0 else -1)
-        seconds = time.time() - t0
-        rewind_to = ({"params": result.captured_params, "batch_stats": result.captured_batch_stats}
-                     if k > 0 else theta0)
-        save_checkpoint(workdir, "init", {"theta0": theta0, "theta_rewind": rewind_to})
-        level_state = {"mask": ones, "trained_params": result.params,
-                       "trained_batch_stats": result.batch_stats}
-        save_checkpoint(workdir, "level_000", {"ticket": level_state})
-        new = [make_record(exp, result, t, trial=t, level=0, variant="ticket",
-                           mask=jax.tree.map(lambda x: x[t], ones), start=0, seconds=seconds,
-                           runs=trials) for t in range(trials)]
-        for r in new:
-            if r["status"] == "diverged":
-                log(f"WARNING: {r['failure']}; later levels of trial {r['trial']} are marked skipped")
-        _append_records(workdir, new)
-        records += new
-        level_seconds.append(seconds / trials)
-        _log_level(log, exp, new, 0, seconds, level_seconds, levels)
-        done = 1
-    init = load_checkpoint(workdir, "init", {"theta0": init_template, "theta_rewind": init_template})
-    level_like = {"ticket": {"mask": init_template["params"],
-                             "trained_params": init_template["params"],
-                             "trained_batch_stats": init_template["batch_stats"]}}
-    dense = load_checkpoint(workdir, "level_000", level_like)["ticket"]
-    previous = load_checkpoint(workdir, f"level_{done - 1:03d}", level_like)["ticket"]
-    diverged: dict[int, int] = {}  # trial -> the first level whose ticket failed
-    for r in records:
-        if r["variant"] == "ticket" and r["status"] != "ok":
-            diverged[r["trial"]] = min(r["level"], diverged.get(r["trial"], r["level"]))
-
-    for level in range(done, levels + 1):
-        check_signals()
-        source = dense if one_shot else previous
-        ticket_mask = prune_fn(source["trained_params"], source["mask"], level if one_shot else 1)
-        runs = expected_runs(exp, level)
-        params, stats, run_masks = prepare(init["theta_rewind"], ticket_mask, jnp.int32(level))
-        run_masks = jax.tree.map(np.asarray, run_masks)
-        t0 = time.time()
-        result = runner(params, stats, run_masks,
-                        data_keys[np.array([t for _, t in runs])],
-                        noise_keys[np.array([t for _, t in runs])], start=k, capture=-1)
-        seconds = time.time() - t0
-        ticket_idx = [i for i, (v, _) in enumerate(runs) if v == "ticket"]
-        previous = {"mask": ticket_mask,
-                    "trained_params": jax.tree.map(lambda x: x[np.array(ticket_idx)], result.params),
-                    "trained_batch_stats": jax.tree.map(lambda x: x[np.array(ticket_idx)],
-                                                        result.batch_stats)}
-        save_checkpoint(workdir, f"level_{level:03d}",
-                        {"ticket": previous,
-                         "runs": {"mask": run_masks, "trained_params": result.params}})
-        new = []
-        for i, (variant, t) in enumerate(runs):
-            skipped = (f"the trial's ticket diverged at level {diverged[t]}"
-                       if t in diverged and diverged[t] < level else None)
-            new.append(make_record(exp, result, i, trial=t, level=level, variant=variant,
-                                   mask=jax.tree.map(lambda x: x[i], run_masks), start=k,
-                                   seconds=seconds, runs=len(runs), skipped_because=skipped))
-        for r in new:
-            if r["variant"] == "ticket" and r["status"] == "diverged":
-                diverged.setdefault(r["trial"], level)
-                log(f"WARNING: {r['failure']}; later levels of trial {r['trial']} are marked skipped")
-            elif r["status"] == "diverged":
-                log(f"WARNING: {r['failure']}")
-        _append_records(workdir, new)
-        records += new
-        level_seconds.append(seconds / len(runs))
-        _log_level(log, exp, new, level, seconds, level_seconds, levels)
-    check_signals()
-    return records
+    check_stop("after loading the data")
+    with Store(exp, workdir, log) as store:
+        check_stop("after opening the workdir")
+        cfg = exp.config
+        runner = Runner(exp, int(cfg.runtime.devices), data_parallel=bool(cfg.runtime.data_parallel))
+        log(f"lth_jax: {cfg.model.name} on {exp.dataset_info.name} ({exp.dataset_info.source}), "
+            f"{cfg.trials} trial(s), levels 0..{cfg.prune.levels}, {cfg.train.iterations} iterations, "
+            f"variants {', '.join(exp.variants)}; {len(runner.devices)} "
+            f"{runner.devices[0].platform} device(s), runs batched by {runner.batching}"
+            f"{', each batch split over the devices' if runner.data_parallel else ''}; "
+            f"workdir {workdir}")
+        done = [level for level in range(int(cfg.prune.levels) + 1) if store.is_finished(level)]
+        if done:
+            log(f"resuming: levels {_ranges(done)} already finished "
+                f"({len(store.records())} records kept)")
+        imp(exp, Pieces(exp, lambda: check_stop("before the next level's training")), store,
+            LevelTrainer(exp, store, runner, log, check_stop))
+        check_stop("at the end")
+        return store.records()
 
 
-def _log_level(log, exp, new, level, seconds, seconds_per_run, levels) -> None:
-    """One progress line; the time left is estimated from the median seconds per run so far."""
-    tickets_ok = [r for r in new if r["variant"] == "ticket" and r["status"] == "ok"]
-    remaining_runs = (levels - level) * len(exp.variants) * int(exp.config.trials)
-    eta = np.median(seconds_per_run[-3:]) * remaining_runs
-    if tickets_ok:
-        acc = np.mean([r["test_accuracy_at_early_stop"] for r in tickets_ok])
-        es = np.mean([r["early_stop_iteration"] for r in tickets_ok])
-        summary = f"ticket test acc {100 * acc:.2f}% at early stop (iteration {es:.0f})"
-    else:
-        summary = "no ticket finished (diverged)"
-    controls = []
-    for variant in exp.variants[1:]:
-        ok = [r for r in new if r["variant"] == variant and r["status"] == "ok"]
-        if ok:
-            controls.append(f"{variant} {100 * np.mean([r['test_accuracy_at_early_stop'] for r in ok]):.2f}%")
-    log(f"level {level:2d}/{levels}  density {100 * new[0]['density']:6.2f}%  {summary}"
-        + (f"; {', '.join(controls)}" if controls else "")
-        + f"  [{seconds:.1f}s, ~{eta / 60:.1f} min left]")
+def _ranges(levels: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0..2, 5'."""
+    parts, first = [], levels[0]
+    for a, b in zip(levels, levels[1:] + [None]):
+        if b != a + 1:
+            parts.append(f"{first}..{a}" if a > first else f"{a}")
+            first = b
+    return ", ".join(parts)
 
 
-# ----------------------------------------------------------------------------- analysis API
+def load_checkpoint(workdir: str, name: str) -> PyTree:
+    """The arrays of ``checkpoints/name``, verified (``workdir.read_checkpoint``)."""
+    return workdir_lib.read_checkpoint(workdir, name)[0]
 
-def load_experiment(workdir: str) -> dict:
-    """A finished (or partial) experiment, for analysing tickets in your own code.
 
-    Returns ``{"config": dict, "theta0": {"params", "batch_stats"}, "theta_rewind": ...,
-    "levels": {L: {"mask", "trained_params", "trained_batch_stats"}}, "records": [...]}`` where every
-    array has a leading trial axis (numpy). ``levels[L]["mask"]`` is the ticket mask of level L.
-    """
-    path = os.path.join(workdir, CONFIG)
-    if not os.path.exists(path):
-        raise ExperimentError(f"{workdir} has no {CONFIG}: not an lth_jax workdir")
-    with open(path) as f:
-        config = json.load(f)
-    init = load_checkpoint(workdir, "init")
-    levels = {}
-    folder = os.path.join(workdir, "checkpoints")
-    for name in sorted(os.listdir(folder)):
-        if name.startswith("level_") and name[6:].isdigit():
-            levels[int(name[6:])] = load_checkpoint(workdir, name)["ticket"]
-    return {"config": config, "theta0": init["theta0"], "theta_rewind": init["theta_rewind"],
-            "levels": levels, "records": read_records(workdir)}
+def read_records(workdir: str) -> list[dict]:
+    """The records of ``results.jsonl`` (``workdir.read_records``: one reading rule everywhere)."""
+    return workdir_lib.read_records(workdir)

@@ -6,12 +6,43 @@ r"""Run a lottery-ticket experiment.
 Running the same command again on the same workdir resumes where it stopped.
 """
 
+import _signal  # the C module, already loaded: signal.py would first spend ms building enums
 import os
-import re
-import signal
 import sys
 
-from absl import app
+# SIGINT (Ctrl-C) and SIGTERM are only noted here, never raised as exceptions: an exception raised
+# by a signal handler lands wherever Python happens to be (inside orbax's event loop, an XLA
+# callback, a destructor that only prints it) and can be lost or abort the process. The run polls
+# `_stop_requested` at safe points instead: between startup steps, between chunks of training
+# (a few seconds each, runtime.chunk_seconds) and between levels. A second signal exits at once
+# (every write in the workdir is atomic, so that loses only the progress since the last checkpoint).
+_RECEIVED: list[int] = []
+
+
+def _note_signal(signum, frame):
+    if _RECEIVED:
+        os.write(2, b"lth_jax: stopped at once (second signal); run the same command to resume\n")
+        os._exit(128 + signum)
+    _RECEIVED.append(signum)
+
+
+def _stop_requested() -> int:
+    """The first SIGINT/SIGTERM received (its number), or 0."""
+    return _RECEIVED[0] if _RECEIVED else 0
+
+
+def _note_signals() -> None:
+    for sig in (_signal.SIGINT, _signal.SIGTERM):
+        _signal.signal(sig, _note_signal)
+
+
+if __name__ == "__main__":  # before the imports below: a Ctrl-C from the first moment counts
+    _note_signals()
+
+import re  # noqa: E402 -- this and the imports below after the signal handlers, on purpose
+import signal  # noqa: E402
+
+from absl import app  # noqa: E402
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
@@ -40,20 +71,35 @@ def cpu_device_flags() -> None:
     os.environ["XLA_FLAGS"] = " ".join([flags_env] + extra).strip()
 
 
-class Stop(BaseException):
-    """Raised by the SIGTERM handler so that a kill by the scheduler ends like Ctrl-C.
+def _fail(message: str) -> None:
+    """One line on stderr, exit status 2."""
+    print(f"lth_jax: error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(2)
 
-    A BaseException, like KeyboardInterrupt, so that no library's ``except Exception`` swallows it.
-    """
+
+def _stopped(workdir: str, signum: int, where: str) -> None:
+    """One line on stderr, exit status 128 + signal (130 for SIGINT, 143 for SIGTERM)."""
+    print(f"lth_jax: {where} by {signal.Signals(signum).name}; finished levels and saved progress "
+          f"are in {workdir}: run the same command again to resume.", file=sys.stderr)
+    sys.exit(128 + signum)
 
 
-def _on_sigterm(signum, frame):
-    raise Stop()
+def _stopped_yet(workdir: str) -> None:
+    if _stop_requested():
+        _stopped(workdir, _stop_requested(), "stopped before training")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    workdir = _WORKDIR.value
+    try:
+        config = _CONFIG.value
+        config.keys()  # a config file that failed to load raises only when used
+    except OSError as e:  # ml_collections loads the file lazily; its message is many lines
+        reason = re.search(r"\[Errno \d+\][^\n]*", str(e))
+        _fail(f"--config: {reason.group(0) if reason else ' '.join(str(e).split())}")
+    _stopped_yet(workdir)
     # Imported here so that --help and flag errors are fast.
     from lth_jax import config as config_lib
     from lth_jax import data as data_lib
@@ -61,23 +107,21 @@ def main(argv):
 
     # Our progress lines go to stdout; library INFO logs (orbax, XLA) would drown them.
     logging.set_verbosity(logging.WARNING)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    workdir = _WORKDIR.value
-    config = _CONFIG.value
+    _stopped_yet(workdir)
     if config.runtime.distributed:
         import jax
         # Multi-host: coordinator address, process count and id come from the environment
         # (e.g. on Cloud TPU or SLURM); every host runs the same command.
         jax.distributed.initialize()
     try:
-        lottery.run(config, workdir, log=lambda line: print(line, flush=True))
+        lottery.run(config, workdir, log=lambda line: print(line, flush=True),
+                    stop=_stop_requested)
     except (config_lib.ConfigError, data_lib.DatasetError, lottery.ExperimentError) as e:
-        print(f"lth_jax: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except (KeyboardInterrupt, Stop):
-        print(f"\nlth_jax: interrupted. Finished levels are saved in {workdir}; run the same command "
-              "again to resume.", file=sys.stderr)
-        sys.exit(130)
+        _fail(str(e))
+    except lottery.Stopped as e:
+        _stopped(workdir, e.signum, str(e))
+    if _stop_requested():  # the experiment is complete: only the report is left out
+        _stopped(workdir, _stop_requested(), "stopped after the last level, before the report,")
     if _REPORT.value:
         from lth_jax import report
         report.write_report(workdir)
@@ -254,6 +298,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run():
+    _note_signals()
     cpu_device_flags()
     app.run(main, flags_parser=parse_flags)
 

@@ -34,8 +34,10 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-RESULTS_FILE = "results.jsonl"
-CONFIG_FILE = "config.json"
+from lth_jax import workdir as workdir_lib
+
+RESULTS_FILE = workdir_lib.RESULTS
+CONFIG_FILE = workdir_lib.CONFIG
 REPORT_FILE = "report.md"
 CSV_FILE = "results.csv"
 ACCURACY_PLOT = "accuracy_vs_density.png"
@@ -43,7 +45,7 @@ EARLY_STOP_PLOT = "early_stop_vs_density.png"
 CURVES_PLOT = "curves.png"
 
 #: Known variants, in display order. Unknown variants are shown after these, sorted by name.
-VARIANTS = ("ticket", "reinit", "random_prune")
+VARIANTS = workdir_lib.VARIANTS
 VARIANT_LABELS = {"ticket": "ticket", "reinit": "reinit", "random_prune": "random prune"}
 _PLOT_LABELS = {
     "ticket": "winning ticket",
@@ -54,7 +56,6 @@ _LINESTYLES = {"ticket": "-", "reinit": "--", "random_prune": ":"}
 _MARKERS = {"ticket": "o", "reinit": "s", "random_prune": "^"}
 _COLORS = {"ticket": "tab:blue", "reinit": "tab:orange", "random_prune": "tab:green"}
 
-_REQUIRED_FIELDS = ("trial", "level", "variant")
 _METRICS = ("test_accuracy_at_early_stop", "final_test_accuracy", "early_stop_iteration")
 
 
@@ -77,10 +78,11 @@ def _check_workdir(workdir: str | os.PathLike) -> str:
 def load_results(workdir: str | os.PathLike) -> list[dict]:
     """Reads ``WORKDIR/results.jsonl``: one dict per finished run, in file order.
 
-    Blank lines are skipped. An unparseable *last* line (the process was killed while appending) is
-    dropped with a `ResultsWarning`; an unparseable line anywhere else, or a record that is not a JSON
-    object with ``trial``, ``level`` and ``variant``, raises ``ValueError`` naming the file and line
-    number. If the same (trial, level, variant) appears twice, the later record wins (with a warning).
+    The reading rule of ``lth_jax.workdir.read_records``, the same as the run's: blank lines are
+    skipped; an unparseable *last* line (the process was killed while appending) is dropped with a
+    `ResultsWarning`; an unparseable line anywhere else, or a record that is not a JSON object with
+    ``trial``, ``level`` and ``variant``, raises ``ValueError`` naming the file and line number. If
+    the same (trial, level, variant) appears twice, the later record wins (with a warning).
 
     Raises:
       FileNotFoundError: the workdir or its results.jsonl does not exist.
@@ -93,47 +95,14 @@ def load_results(workdir: str | os.PathLike) -> list[dict]:
             f"no {RESULTS_FILE} in workdir {workdir!r}: the experiment has not finished any run yet "
             "(or this is not an lth_jax workdir)"
         )
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
-    by_key: dict[tuple[int, int, str], dict] = {}
-    for index, (lineno, line) in enumerate(numbered):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            if index == len(numbered) - 1:
-                warnings.warn(
-                    f"{path}:{lineno}: ignoring unparseable last line (half-written record?): {e}",
-                    ResultsWarning,
-                    stacklevel=2,
-                )
-                break
-            raise ValueError(f"{path}: line {lineno} is not valid JSON: {e}") from e
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}: line {lineno} is not a JSON object")
-        absent = [k for k in _REQUIRED_FIELDS if k not in record]
-        if absent:
-            raise ValueError(f"{path}: line {lineno} lacks required field(s) {', '.join(absent)}")
-        key = (int(record["trial"]), int(record["level"]), str(record["variant"]))
-        if key in by_key:
-            warnings.warn(
-                f"{path}:{lineno}: duplicate record for trial {key[0]}, level {key[1]}, "
-                f"variant {key[2]!r}; keeping the later one",
-                ResultsWarning,
-                stacklevel=2,
-            )
-            del by_key[key]  # so the kept record takes the later position
-        by_key[key] = record
-    return list(by_key.values())
+    return workdir_lib.read_records(
+        workdir, warn=lambda message: warnings.warn(message, ResultsWarning, stacklevel=3))
 
 
 def load_config(workdir: str | os.PathLike) -> dict | None:
-    """Reads ``WORKDIR/config.json`` (the resolved experiment config); None if there is none."""
-    path = os.path.join(_check_workdir(workdir), CONFIG_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """Reads ``WORKDIR/config.json`` (the resolved experiment config); None if there is none.
+    Raises ValueError if it is not a JSON object."""
+    return workdir_lib.read_config(_check_workdir(workdir))
 
 
 def _get(config: Mapping | None, *keys: str, default: Any = None) -> Any:
@@ -180,15 +149,9 @@ def expected_runs(config: Mapping) -> list[tuple[int, str, int]]:
 
     Level 0 is the dense network: only "ticket". Each level 1..``prune.levels`` has "ticket" plus each
     control enabled in ``config["controls"]`` ("reinit", "random_prune"). Trials are 0..trials-1.
+    (``lth_jax.workdir.expected_runs``.)
     """
-    trials = int(_get(config, "trials", default=1))
-    levels = int(_get(config, "prune", "levels", default=0))
-    controls = [v for v in ("reinit", "random_prune") if _get(config, "controls", v, default=False)]
-    runs = [(0, "ticket", t) for t in range(trials)]
-    for level in range(1, levels + 1):
-        for variant in ("ticket", *controls):
-            runs.extend((level, variant, t) for t in range(trials))
-    return sorted(runs, key=lambda r: (r[0], _variant_rank(r[1]), r[2]))
+    return workdir_lib.expected_runs(config)
 
 
 def missing_runs(config: Mapping, records: Iterable[Mapping]) -> list[tuple[int, str, tuple[int, ...]]]:
@@ -230,6 +193,8 @@ class SummaryRow:
 
     `density` is the mean over all of its records (a property of the mask, so diverged runs count);
     the three `Stat` fields are over the records with status "ok" only, whose number is `n`.
+    `n_diverged` counts the runs that diverged, `n_skipped` those not trained because their trial's
+    ticket diverged at an earlier level.
     """
 
     level: int
@@ -242,6 +207,8 @@ class SummaryRow:
     early_stop_iteration: Stat
     trials: tuple[int, ...]
     diverged_trials: tuple[int, ...]
+    n_skipped: int = 0
+    skipped_trials: tuple[int, ...] = ()
 
     @property
     def percent_remaining(self) -> float:
@@ -256,6 +223,7 @@ class SummaryRow:
             "percent_remaining": self.percent_remaining,
             "n": self.n,
             "n_diverged": self.n_diverged,
+            "n_skipped": self.n_skipped,
         }
         for metric in _METRICS:
             stat = getattr(self, metric)
@@ -266,7 +234,7 @@ class SummaryRow:
 
 
 CSV_COLUMNS = tuple(
-    ["level", "variant", "density", "percent_remaining", "n", "n_diverged"]
+    ["level", "variant", "density", "percent_remaining", "n", "n_diverged", "n_skipped"]
     + [f"{m}_{s}" for m in _METRICS for s in ("mean", "min", "max")]
 )
 
@@ -279,6 +247,10 @@ def _is_ok(record: Mapping) -> bool:
     return record.get("status", "ok") == "ok"
 
 
+def _is_skipped(record: Mapping) -> bool:
+    return record.get("status") == "skipped"
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -286,8 +258,9 @@ def _finite(value: Any) -> bool:
 def summarize(records: Iterable[Mapping]) -> list[SummaryRow]:
     """One `SummaryRow` per (level, variant) present in `records`, sorted by level then variant.
 
-    Records whose ``status`` is not "ok" (e.g. "diverged") are excluded from the statistics and
-    counted in `n_diverged`; a missing ``status`` means "ok". Null or non-finite metric values of an
+    Records whose ``status`` is not "ok" are excluded from the statistics and counted in
+    `n_skipped` ("skipped": not trained) or `n_diverged` (any other); a missing ``status`` means
+    "ok". Null or non-finite metric values of an
     "ok" record are skipped for that metric.
     """
     groups: dict[tuple[int, str], list[Mapping]] = {}
@@ -297,7 +270,8 @@ def summarize(records: Iterable[Mapping]) -> list[SummaryRow]:
     for level, variant in sorted(groups, key=lambda k: (k[0], _variant_rank(k[1]))):
         group = sorted(groups[(level, variant)], key=lambda r: int(r["trial"]))
         ok = [r for r in group if _is_ok(r)]
-        bad = [r for r in group if not _is_ok(r)]
+        bad = [r for r in group if not _is_ok(r) and not _is_skipped(r)]
+        skipped = [r for r in group if _is_skipped(r)]
         densities = [float(r["density"]) for r in group if _finite(r.get("density"))]
         stats = {m: Stat.of([float(r[m]) for r in ok if _finite(r.get(m))]) for m in _METRICS}
         rows.append(
@@ -309,6 +283,8 @@ def summarize(records: Iterable[Mapping]) -> list[SummaryRow]:
                 n_diverged=len(bad),
                 trials=tuple(int(r["trial"]) for r in ok),
                 diverged_trials=tuple(int(r["trial"]) for r in bad),
+                n_skipped=len(skipped),
+                skipped_trials=tuple(int(r["trial"]) for r in skipped),
                 **stats,
             )
         )
@@ -360,11 +336,11 @@ def format_table(rows: Sequence[SummaryRow], trials: int | None = None) -> str:
     iteration, each "mean [min–max]" over trials (just the value when there is one trial).
 
     A cell whose (level, variant) has fewer than `trials` finished runs (default: the largest count
-    in `rows`) or diverged runs says so, e.g. "97.50 (n=1, 1 diverged)". "—" = no value.
+    in `rows`) or diverged or skipped runs says so, e.g. "97.50 (n=1, 1 diverged)". "—" = no value.
     """
     variants = _ordered_variants(rows)
     if trials is None:
-        trials = max((r.n + r.n_diverged for r in rows), default=0)
+        trials = max((r.n + r.n_diverged + r.n_skipped for r in rows), default=0)
     header = ["level", "% weights remaining"]
     for v in variants:
         label = VARIANT_LABELS.get(v, v)
@@ -385,10 +361,12 @@ def format_table(rows: Sequence[SummaryRow], trials: int | None = None) -> str:
                 continue
             acc = _fmt_stat(r.test_accuracy_at_early_stop, _fmt_acc, r.n)
             notes = []
-            if r.n < trials or r.n_diverged:
+            if r.n < trials or r.n_diverged or r.n_skipped:
                 notes.append(f"n={r.n}")
             if r.n_diverged:
                 notes.append(f"{r.n_diverged} diverged")
+            if r.n_skipped:
+                notes.append(f"{r.n_skipped} skipped")
             if notes:
                 acc += f" ({', '.join(notes)})"
             line += [acc, _fmt_stat(r.final_test_accuracy, _fmt_acc, r.n),
@@ -650,16 +628,17 @@ def _write_report(workdir, *, curve_levels, plots) -> tuple[str, list[SummaryRow
     config = load_config(workdir)
     rows = summarize(records)
     trials = _get(config, "trials")
-    title, intro = _describe(config, max((r.n + r.n_diverged for r in rows), default=0))
+    title, intro = _describe(config, max((r.n + r.n_diverged + r.n_skipped for r in rows), default=0))
 
     md = [title, "", intro, ""]
     if config is not None:
         expected = expected_runs(config)
         present = {(int(r["level"]), str(r["variant"]), int(r["trial"])) for r in records}
         done = sum(1 for e in expected if e in present)
+        counts = [f"{n} {what}" for n, what in ((sum(r.n_diverged for r in rows), "diverged"),
+                                                  (sum(r.n_skipped for r in rows), "skipped")) if n]
         md += [f"Progress: {done} of {len(expected)} expected runs finished"
-               + (f" ({sum(r.n_diverged for r in rows)} diverged)." if any(r.n_diverged for r in rows)
-                  else "."), ""]
+               + (f" ({', '.join(counts)})." if counts else "."), ""]
     if not records:
         md += ["No results yet.", ""]
 
@@ -718,7 +697,7 @@ def _write_report(workdir, *, curve_levels, plots) -> tuple[str, list[SummaryRow
             md += ["Nothing: every expected run is present.", ""]
 
     md += ["## Diverged runs", ""]
-    failed = sorted((r for r in records if not _is_ok(r)),
+    failed = sorted((r for r in records if not _is_ok(r) and not _is_skipped(r)),
                     key=lambda r: (int(r["level"]), _variant_rank(str(r["variant"])), int(r["trial"])))
     if failed:
         md += ["| level | variant | trial | % weights remaining | failure |",
@@ -730,6 +709,17 @@ def _write_report(workdir, *, curve_levels, plots) -> tuple[str, list[SummaryRow
         md.append("")
     else:
         md += ["None.", ""]
+    skipped = [r for r in records if _is_skipped(r)]
+    if skipped:
+        md += ["## Skipped runs", "",
+               "Not trained, because their trial's ticket diverged at an earlier level:", ""]
+        for trial in sorted({int(r["trial"]) for r in skipped}):
+            levels = sorted({int(r["level"]) for r in skipped if int(r["trial"]) == trial})
+            n = sum(1 for r in skipped if int(r["trial"]) == trial)
+            runs = f"{n} run{'s' * (n != 1)}"
+            md.append(f"- trial {trial}: levels {levels[0]}–{levels[-1]} ({runs})"
+                      if len(levels) > 1 else f"- trial {trial}: level {levels[0]} ({runs})")
+        md.append("")
 
     write_csv(rows, os.path.join(workdir, CSV_FILE))
     path = os.path.join(workdir, REPORT_FILE)

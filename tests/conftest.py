@@ -11,3 +11,52 @@ _CACHE = os.environ.get("LTH_JAX_TEST_CACHE") or tempfile.mkdtemp(prefix="lth_ja
 os.environ.setdefault("LTH_JAX_TEST_CACHE", _CACHE)  # subprocesses started by tests share it
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+# ----------------------------------------------------------------------------- the tiny experiment
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: configs/tiny.py shrunk for tests (LeNet-300-100 on 8x8 synthetic images, 2 trials, levels 0..2,
+#: 4 evaluations per run); the CLI gets the same values as --config.* overrides (``cli_flags``).
+#: Tests that share these shapes share compiled programs through the session's XLA cache.
+TINY = {
+    "dataset.image_shape": (8, 8, 1),
+    "dataset.train_size": 700,
+    "dataset.test_size": 200,
+    "dataset.validation_size": 100,
+    "train.iterations": 200,
+    "train.batch_size": 50,
+    "train.eval_every": 50,
+    "train.eval_batch_size": 128,
+    "prune.levels": 2,
+    "trials": 2,
+    "runtime.progress_seconds": 0.0,
+}
+
+
+def set_field(c, key: str, value) -> None:
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+
+
+def tiny_config(**overrides):
+    """configs/tiny.py with TINY and ``overrides`` applied ('a.b' keys may be written a__b)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tiny_config", os.path.join(REPO, "configs", "tiny.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    for key, value in {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}.items():
+        set_field(c, key, value)
+    return c
+
+
+def cli_flags(**overrides) -> list[str]:
+    """``tiny_config(**overrides)`` as --config.* flags for ``--config=configs/tiny.py``."""
+    values = {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}
+    return [f"--config.{k}={v}" for k, v in values.items()]

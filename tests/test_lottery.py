@@ -1,41 +1,20 @@
-"""End-to-end lottery experiments on synthetic data: records, the pruning ladder, masks, resume."""
+"""End-to-end lottery experiments on synthetic data, in this process (one device): records, the
+pruning ladder, masks, one compiled program per level shape, chunks, and resume (after a level and
+in the middle of one, stopped at several points)."""
 
-import json
 import os
 
 import jax
 import numpy as np
 import pytest
 
-from lth_jax import config as config_lib
+from conftest import tiny_config
 from lth_jax import lottery, masks, pruning
 from lth_jax import train as train_lib
+from lth_jax import workdir as workdir_lib
 
 TIMING = set(lottery.TIMING_FIELDS)
-
-
-def tiny_config(**overrides):
-    c = config_lib.base_config()
-    c.model.name = "lenet300_100"
-    c.dataset.name = "synthetic"
-    c.dataset.source = "synthetic"
-    c.dataset.image_shape = (8, 8, 1)
-    c.dataset.train_size = 700
-    c.dataset.test_size = 200
-    c.dataset.validation_size = 100
-    c.train.iterations = 300
-    c.train.batch_size = 50
-    c.train.eval_every = 50
-    c.train.eval_batch_size = 128
-    c.prune.levels = 3
-    c.trials = 2
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+LEVELS = 2
 
 
 def strip_timing(records):
@@ -47,23 +26,23 @@ def finished(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("lottery") / "run")
     logs = []
     traces = {"n": 0}
-    original = train_lib.train_run
+    original = train_lib.advance
 
     def counting(*args, **kwargs):
         traces["n"] += 1
         return original(*args, **kwargs)
 
-    train_lib.train_run = counting
+    train_lib.advance = counting
     try:
         records = lottery.run(tiny_config(), workdir, log=logs.append)
     finally:
-        train_lib.train_run = original
+        train_lib.advance = original
     return workdir, records, logs, traces["n"]
 
 
 def test_records_fields_and_counts(finished):
     workdir, records, logs, _ = finished
-    assert len(records) == 2 * (1 + 3 * 3)  # level 0: ticket; levels 1-3: ticket, reinit, random_prune
+    assert len(records) == 2 * (1 + LEVELS * 3)  # level 0: ticket; then ticket, reinit, random_prune
     on_disk = lottery.read_records(workdir)
     assert strip_timing(on_disk) == strip_timing(records)
     required = {"trial", "level", "variant", "density", "layer_density", "early_stop_iteration",
@@ -72,18 +51,22 @@ def test_records_fields_and_counts(finished):
     for r in records:
         assert required <= set(r)
         assert r["status"] == "ok"
-        assert r["eval_iterations"] == list(range(50, 301, 50))
-        assert 50 <= r["early_stop_iteration"] <= 300
+        assert r["eval_iterations"] == list(range(50, 201, 50))
+        assert 50 <= r["early_stop_iteration"] <= 200
         assert r["early_stop_iteration"] % 50 == 0
         i = r["eval_iterations"].index(r["early_stop_iteration"])
         assert r["val_loss"][i] == min(r["val_loss"])
         assert r["test_accuracy_at_early_stop"] == r["test_accuracy"][i]
         assert r["final_test_accuracy"] == r["test_accuracy"][-1]
     assert {(r["level"], r["variant"]) for r in records} == {(0, "ticket")} | {
-        (lv, v) for lv in (1, 2, 3) for v in ("ticket", "reinit", "random_prune")}
+        (lv, v) for lv in (1, 2) for v in ("ticket", "reinit", "random_prune")}
     dense = [r for r in records if r["level"] == 0]
     assert np.mean([r["final_test_accuracy"] for r in dense]) > 0.3  # learnable data, 10 classes
-    assert any("level  3/3" in line for line in logs)
+    assert any("level  2/2" in line for line in logs)
+    # progress lines within each level (runtime.progress_seconds=0: one per chunk)
+    assert any(line.startswith("level  1  iteration 200/200  best val loss") for line in logs)
+    assert all(r["experiment"] == workdir_lib.identity(lottery.config_to_json(tiny_config()))
+               for r in records)
 
 
 def test_densities_follow_the_ladder_exactly(finished):
@@ -91,7 +74,7 @@ def test_densities_follow_the_ladder_exactly(finished):
     sizes = {"Dense_0/kernel": 64 * 300, "Dense_1/kernel": 300 * 100, "Dense_2/kernel": 100 * 10}
     rates = {"Dense_0/kernel": 0.2, "Dense_1/kernel": 0.2, "Dense_2/kernel": 0.1}
     alive = dict(sizes)
-    for level in range(4):
+    for level in range(LEVELS + 1):
         if level:
             alive = {k: a - int(np.round(np.float32(rates[k]) * np.float32(a))) for k, a in alive.items()}
         for r in records:
@@ -103,8 +86,8 @@ def test_densities_follow_the_ladder_exactly(finished):
 def test_masks_only_shrink_and_pruned_weights_are_zero(finished):
     workdir, _, _, _ = finished
     saved = lottery.load_experiment(workdir)
-    assert sorted(saved["levels"]) == [0, 1, 2, 3]
-    for level in range(1, 4):
+    assert sorted(saved["levels"]) == [0, 1, 2]
+    for level in range(1, LEVELS + 1):
         new, old = saved["levels"][level]["mask"], saved["levels"][level - 1]["mask"]
         assert masks.is_subset(new, old) and not masks.is_subset(old, new)
         for trained, mask in zip(jax.tree.leaves(saved["levels"][level]["trained_params"]),
@@ -112,7 +95,7 @@ def test_masks_only_shrink_and_pruned_weights_are_zero(finished):
             assert np.all(trained[~mask] == 0.0)
             assert np.count_nonzero(trained[mask]) > 0.99 * mask.sum()
     # every run of a level (controls too): exactly zero where pruned
-    runs = lottery.load_checkpoint(workdir, "level_003")["runs"]
+    runs = lottery.load_checkpoint(workdir, "level_002")["runs"]
     for trained, mask in zip(jax.tree.leaves(runs["trained_params"]), jax.tree.leaves(runs["mask"])):
         assert np.all(trained[~mask] == 0.0)
     # the ticket is trained from m ⊙ θ0: θ0 is saved and unchanged in shape
@@ -136,15 +119,12 @@ def test_ticket_mask_is_magnitude_pruning_of_previous_level(finished):
 
 def test_one_compilation_serves_every_pruning_level(finished):
     _, _, _, traces = finished
-    assert traces == 2  # the dense level-0 program and one program for levels 1..3
+    assert traces == 2  # the dense level-0 program (2 runs) and one for levels 1..2 (6 runs)
 
 
 def test_resume_after_kill_equals_uninterrupted(finished, tmp_path):
     _, uninterrupted, _, _ = finished
     workdir = str(tmp_path / "run")
-
-    class Killed(Exception):
-        pass
 
     def die_after_level_1(line):
         if line.startswith("level  1/"):
@@ -162,6 +142,93 @@ def test_resume_after_kill_equals_uninterrupted(finished, tmp_path):
     assert any(line.startswith("resuming: levels 0..1") for line in logs)
     assert strip_timing(resumed) == strip_timing(uninterrupted)
     assert strip_timing(lottery.read_records(workdir)) == strip_timing(uninterrupted)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_stopped_mid_level_at_several_points_resumes_identically(finished, tmp_path):
+    """Chunks of one evaluation period, an intra-level checkpoint after each. The run is killed
+    (an exception out of the log, as abrupt as it gets in-process) at four points: level 0 before
+    its first checkpoint, level 0 after two, level 1 after one, level 2 after three; one more
+    kill leaves the debris of a checkpoint write cut short. Every rerun continues from the last
+    checkpoint, and the final records and checkpoints equal the uninterrupted run's, whose chunks
+    were of another length."""
+    ref_dir, uninterrupted, _, _ = finished
+    workdir = str(tmp_path / "run")
+    cfg = tiny_config(runtime__chunk_seconds=1e-6, runtime__checkpoint_minutes=1e-9)
+
+    def killed_at(level, iteration):
+        logs = []
+
+        def log(line):
+            logs.append(line)
+            if line.startswith(f"level {level:2d}  iteration {iteration}/"):
+                raise Killed()
+
+        with pytest.raises(Killed):
+            lottery.run(cfg, workdir, log=log)
+        return logs
+
+    killed_at(0, 50)       # no checkpoint yet: level 0 starts again
+    logs = killed_at(0, 150)
+    assert not any("resuming at" in line for line in logs)
+    logs = killed_at(1, 100)
+    assert "level 0: resuming at iteration 100 from its intra-level checkpoint" in logs
+    assert os.path.isdir(workdir_lib.checkpoint_path(workdir, "progress_001"))
+    meta = workdir_lib.checkpoint_meta(workdir, "progress_001")
+    assert meta["runs"] == [[v, t] for v in ("ticket", "reinit", "random_prune") for t in (0, 1)]
+    logs = killed_at(2, 200)  # the last chunk: its checkpoint is the level's own
+    assert "level 1: resuming at iteration 50 from its intra-level checkpoint" in logs
+    # a checkpoint write cut short by a SIGKILL leaves these; they are cleaned away
+    for debris in ("progress_002.staging", "progress_002.staging.orbax-checkpoint-tmp-1"):
+        os.makedirs(os.path.join(workdir, "checkpoints", debris, "x"))
+    logs = []
+    resumed = lottery.run(cfg, workdir, log=logs.append)
+    assert "level 2: resuming at iteration 150 from its intra-level checkpoint" in logs
+    assert any(line.startswith("resuming: levels 0..1 already finished") for line in logs)
+    assert strip_timing(resumed) == strip_timing(uninterrupted)
+    assert strip_timing(lottery.read_records(workdir)) == strip_timing(uninterrupted)
+    assert sorted(workdir_lib.checkpoint_names(workdir)) == ["init", "level_000", "level_001",
+                                                             "level_002"]
+    for name in ("init", "level_000", "level_001", "level_002"):
+        for x, y in zip(jax.tree.leaves(lottery.load_checkpoint(workdir, name)),
+                        jax.tree.leaves(lottery.load_checkpoint(ref_dir, name)), strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_a_whole_level_in_one_chunk_equals_chunks_of_one_period(exp_tiny):
+    """``Runner.__call__`` (one chunk: what the benchmark times) and chunks of 1, 2 and 1 periods
+    give bit-identical results: the same compiled program, continued from its state."""
+    import jax.numpy as jnp
+
+    runner = lottery.Runner(exp_tiny)
+    keys = jnp.stack([lottery.trial_key(0, t, lottery.INIT) for t in range(2)])
+    v = jax.jit(jax.vmap(exp_tiny.init_variables))(keys)
+    mask = jax.vmap(masks.ones_like)(v["params"])
+    whole = runner(v["params"], v["batch_stats"], mask, keys, keys, start=0, capture=100)
+    training = runner.begin(v["params"], v["batch_stats"], mask, keys, keys, start=0, capture=100)
+    for count in (1, 2, 1):
+        assert not training.done
+        training.advance(count)
+    assert training.done
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(training.result()), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # a snapshot taken between chunks continues exactly, in another Training
+    training = runner.begin(v["params"], v["batch_stats"], mask, keys, keys, start=0, capture=100)
+    training.advance(3)
+    again = runner.begin(v["params"], v["batch_stats"], mask, keys, keys, start=0, capture=100,
+                         saved=training.snapshot())
+    assert again.period == 3
+    again.advance(1)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(again.result()), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def exp_tiny():
+    return lottery.setup(tiny_config())
 
 
 def test_workdir_with_another_config_is_refused(finished):

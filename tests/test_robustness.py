@@ -1,24 +1,22 @@
-"""Nothing lost, nothing silent: interruption and resume, determinism, divergence, bad input,
-fuzzing of the config check and the pruning core, and loading a saved experiment back.
+"""Nothing lost, nothing mixed, nothing silent, in this process: stops and resume, determinism,
+divergence, bad input, damaged checkpoints, the workdir's lock and identity, fuzzing of the config
+check and the pruning core, and loading a saved experiment back. (The same through the command line,
+in subprocesses: tests/test_cli_*.py.)
 
-The experiment here is ``configs/tiny.py`` shrunk to LeNet-300-100 on 8x8 synthetic images, two
-trials, levels 0..2, no controls. The CLI runs in subprocesses with its default device setup (one
-XLA host device per core); the reference run is in-process (one device): their numbers must agree
-bitwise. Compiled programs are shared through the session's XLA cache (tests/conftest.py).
+The experiment here is ``conftest.TINY`` without controls: LeNet-300-100 on 8x8 synthetic images,
+two trials, levels 0..2. Without the controls every level trains the same R=2 runs, so one training
+program serves all levels (the controls are covered by test_lottery). Compiled programs are shared
+through the session's XLA cache (tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 
 import hypothesis
 import hypothesis.strategies as st
@@ -28,56 +26,20 @@ import ml_collections
 import numpy as np
 import pytest
 
+from conftest import TINY, set_field, tiny_config
 from lth_jax import config as config_lib
 from lth_jax import data as data_lib
 from lth_jax import lottery, masks, pruning, tickets
+from lth_jax import workdir as workdir_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = set(lottery.TIMING_FIELDS)
-
-# configs/tiny.py, shrunk; the CLI gets the same values as --config.* overrides.
-TINY = {
-    "dataset.image_shape": (8, 8, 1),
-    "dataset.train_size": 700,
-    "dataset.test_size": 200,
-    "dataset.validation_size": 100,
-    "train.iterations": 100,
-    "train.batch_size": 50,
-    "train.eval_every": 50,
-    "train.eval_batch_size": 128,
-    "prune.levels": 2,
-    "trials": 2,
-    # Without the controls every level trains the same R=2 runs: one training program serves all
-    # levels, which halves the compilation (the controls' resume is covered by test_lottery).
-    "controls.reinit": False,
-    "controls.random_prune": False,
-}
+NO_CONTROLS = {"controls.reinit": False, "controls.random_prune": False}
 LEVELS = TINY["prune.levels"]
 
 
-def set_field(c, key, value):
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-        node = node[p]
-    node[leaf] = value
-
-
 def tiny(**overrides) -> ml_collections.ConfigDict:
-    """configs/tiny.py with TINY and ``overrides`` ('a.b' keys written as a__b) applied."""
-    path = os.path.join(REPO, "configs", "tiny.py")
-    spec = importlib.util.spec_from_file_location("tiny_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
-    for key, value in {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}.items():
-        set_field(c, key, value)
-    return c
-
-
-def cli_flags(**overrides) -> list[str]:
-    values = {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}
-    return [f"--config.{k}={v}" for k, v in values.items()]
+    """``conftest.tiny_config`` without controls, and ``overrides``."""
+    return tiny_config(**{**NO_CONTROLS, **overrides})
 
 
 def strip_timing(records):
@@ -86,153 +48,6 @@ def strip_timing(records):
 
 def quiet(_line):
     pass
-
-
-# ----------------------------------------------------------------------------- the CLI
-
-def cli_env() -> dict:
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # the CLI's own default: one host device per core
-    cache = os.environ.get("LTH_JAX_TEST_CACHE")
-    if cache:  # compiled programs are shared between the CLI processes of the session
-        env["JAX_COMPILATION_CACHE_DIR"] = cache
-        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
-    return env
-
-
-_STARTED: list[Cli] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_cli_left_running():
-    """Kill what a failed test leaves running (or stopped) of the CLIs it started."""
-    yield
-    while _STARTED:
-        cli = _STARTED.pop()
-        if cli.proc.poll() is None:
-            cli.proc.kill()
-            cli.proc.wait()
-
-
-class Cli:
-    """The CLI in a subprocess, stdout and stderr going to files (polled, never blocking)."""
-
-    def __init__(self, workdir, *flags, tag="run"):
-        self.out_path = f"{workdir}.{tag}.out"
-        self.err_path = f"{workdir}.{tag}.err"
-        self._out = open(self.out_path, "w")
-        self._err = open(self.err_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lth_jax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
-             "--report=false", *flags],
-            cwd=REPO, env=cli_env(), stdout=self._out, stderr=self._err)
-        _STARTED.append(self)
-
-    @property
-    def stdout(self) -> str:
-        with open(self.out_path) as f:
-            return f.read()
-
-    @property
-    def stderr(self) -> str:
-        with open(self.err_path) as f:
-            return f.read()
-
-    def wait(self, timeout=240) -> int:
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"the CLI did not exit in {timeout}s; stderr:\n{self.stderr[-3000:]}")
-        self._out.close()
-        self._err.close()
-        return rc
-
-    def until(self, condition, what: str, timeout=240, poll=0.002):
-        """Poll ``condition()`` until it returns something truthy (returned) or the process ends."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            got = condition()
-            if got:
-                return got
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the CLI exited ({self.proc.returncode}) before {what}; "
-                                     f"stderr:\n{self.stderr[-3000:]}")
-            time.sleep(poll)
-        self.proc.kill()
-        raise AssertionError(f"timed out waiting for {what}")
-
-    def signal(self, signum):
-        self.proc.send_signal(signum)
-
-
-def run_cli(workdir, *flags, timeout=240) -> tuple[int, str, str]:
-    cli = Cli(workdir, *flags, tag="once")
-    rc = cli.wait(timeout)
-    return rc, cli.stdout, cli.stderr
-
-
-def partial_checkpoints(workdir) -> list[str]:
-    folder = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(folder):
-        return []
-    return [n for n in os.listdir(folder) if ".orbax-checkpoint-tmp" in n]
-
-
-def results_text(workdir) -> str:
-    path = os.path.join(workdir, lottery.RESULTS)
-    if not os.path.exists(path):
-        return ""
-    with open(path) as f:
-        return f.read()
-
-
-def check_results_file(text, reference_records) -> list[dict]:
-    """Whole lines of valid JSON, unique (level, variant, trial), a prefix of the reference."""
-    assert text == "" or text.endswith("\n"), "a partial last line"
-    records = [json.loads(line) for line in text.splitlines()]
-    keys = [(r["level"], r["variant"], r["trial"]) for r in records]
-    assert len(keys) == len(set(keys)), f"duplicated records: {keys}"
-    assert strip_timing(records) == strip_timing(reference_records)[:len(records)]
-    return records
-
-
-def stopped_while_writing(cli, workdir, first="") -> str:
-    """Wait until the CLI has started (and so removed the debris of an earlier kill), then stop it
-    (SIGSTOP) while it writes a checkpoint named ``first`` or later: orbax's temporary folder
-    exists, the final rename has not happened. Returns the checkpoint's name; the caller sends a
-    signal, then SIGCONT."""
-    cli.until(lambda: "lth_jax: " in cli.stdout, "the CLI to start")
-    while True:
-        tmp = cli.until(lambda: [n for n in partial_checkpoints(workdir) if n >= first],
-                        f"a checkpoint {first} being written")[0]
-        cli.signal(signal.SIGSTOP)
-        if tmp in partial_checkpoints(workdir):
-            return tmp.split(".orbax-checkpoint-tmp")[0]
-        cli.signal(signal.SIGCONT)  # too late (rare): wait for the next checkpoint
-
-
-def crashed(stderr) -> bool:
-    """Whether Python printed a traceback for an exception that ended the program (not one it
-    only reports, "Exception ignored in ...": see test_a_signal_lost_in_a_destructor_...)."""
-    lines = stderr.splitlines()
-    return any(line.startswith("Traceback") and not (i and lines[i - 1].startswith("Exception ignored"))
-               for i, line in enumerate(lines))
-
-
-def assert_same_experiment(workdir, reference_workdir):
-    """θ0, θ_rewind, every level's mask and trained params are bitwise equal."""
-    a, b = lottery.load_experiment(workdir), lottery.load_experiment(reference_workdir)
-    assert sorted(a["levels"]) == sorted(b["levels"]) == list(range(LEVELS + 1))
-    for name in ("theta0", "theta_rewind"):
-        for x, y in zip(jax.tree.leaves(a[name]), jax.tree.leaves(b[name]), strict=True):
-            np.testing.assert_array_equal(x, y)
-    for level in a["levels"]:
-        for x, y in zip(jax.tree.leaves(a["levels"][level]), jax.tree.leaves(b["levels"][level]),
-                        strict=True):
-            np.testing.assert_array_equal(x, y)
-    assert partial_checkpoints(workdir) == []
 
 
 # ----------------------------------------------------------------------------- the reference
@@ -259,101 +74,33 @@ def test_reference_run_is_complete(reference):
     assert strip_timing(lottery.read_records(workdir)) == strip_timing(records)
 
 
-# ----------------------------------------------------------------------------- 1. interruption
+# ----------------------------------------------------------------------------- 1. stops
 
-@pytest.mark.slow
-def test_killed_interrupted_and_resumed_cli_equals_uninterrupted(reference, tmp_path):
-    """One workdir, the same CLI command four times:
-
-    1. SIGKILL while a checkpoint is being written (level 0's first);
-    2. SIGTERM while level 1's checkpoint is being written: exit 130, how to resume on stderr, and
-       the checkpoint is completed first (signals wait for the write), its records are not written;
-       (to hit the write, the CLI is frozen with SIGSTOP when orbax's temporary folder appears,
-       and the signal sent while it is frozen)
-    3. (a partial last line is appended to results.jsonl, as a SIGKILL in the middle of an append
-       would leave) SIGINT, i.e. Ctrl-C, while resuming: exit 130, how to resume on stderr;
-    4. runs to the end.
-
-    After every step the records are whole, unique and a prefix of the uninterrupted in-process
-    run's; at the end they equal it (timing aside) and so do θ0, θ_rewind and every level's masks
-    and trained params, bit for bit (the CLI has 2 host devices, the reference 1).
-    """
-    ref_dir, ref_records, _ = reference
+def test_a_stop_ends_the_level_after_its_chunk_and_saves_its_progress(reference, tmp_path):
+    """``stop`` (how main passes on a noted SIGINT/SIGTERM) is polled between chunks: the run ends
+    there with Stopped (the signal, where it stopped), the level's progress is saved, and a rerun
+    continues from it to the uninterrupted run's results."""
     workdir = str(tmp_path / "run")
-    flags = cli_flags()
-
-    # 1. SIGKILL in the middle of writing a checkpoint: its debris is left behind
-    cli = Cli(workdir, *flags, tag="kill")
-    name = stopped_while_writing(cli, workdir)
-    cli.signal(signal.SIGKILL)
-    assert cli.wait() == -signal.SIGKILL
-    assert any(n.startswith(name + ".") for n in partial_checkpoints(workdir))
-    check_results_file(results_text(workdir), ref_records)
-
-    # 2. SIGTERM while level 1's checkpoint (usually; or a later one) is being written: the write
-    # completes, then the CLI stops before writing that level's records
-    cli = Cli(workdir, *flags, tag="term")
-    name = stopped_while_writing(cli, workdir, "level_001")
-    level = int(name[len("level_"):])
-    cli.signal(signal.SIGTERM)
-    cli.signal(signal.SIGCONT)
-    assert cli.wait() == 130, cli.stderr[-3000:]
-    assert "resume" in cli.stderr and not crashed(cli.stderr), cli.stderr[-3000:]
-    assert partial_checkpoints(workdir) == []
-    assert os.path.isdir(os.path.join(workdir, "checkpoints", name))
-    records = check_results_file(results_text(workdir), ref_records)
-    assert {r["level"] for r in records} == set(range(level))
-
-    # 3. SIGINT while resuming, with a partial line at the end of results.jsonl
-    with open(os.path.join(workdir, lottery.RESULTS), "a") as f:
-        f.write('{"trial": 0, "level": 1, "variant": "tic')
-    cli = Cli(workdir, *flags, tag="int")
-    cli.until(lambda: f"resuming: levels 0..{level - 1}" in cli.stdout, "the CLI to resume")
-    cli.signal(signal.SIGINT)
-    assert cli.wait() == 130, cli.stderr[-3000:]
-    assert "resume" in cli.stderr and not crashed(cli.stderr), cli.stderr[-3000:]
-    check_results_file(results_text(workdir), ref_records)
-
-    # 4. the same command finishes the experiment
-    cli = Cli(workdir, *flags, tag="finish")
-    assert cli.wait() == 0, cli.stderr[-3000:]
-    assert f"resuming: levels 0..{level - 1}" in cli.stdout
-    check_results_file(results_text(workdir), ref_records)
-    assert strip_timing(lottery.read_records(workdir)) == strip_timing(ref_records)
-    assert_same_experiment(workdir, ref_dir)
-
-
-class Interrupted(Exception):
-    pass
-
-
-def test_a_signal_lost_in_a_destructor_still_stops_the_run(tmp_path, monkeypatch):
-    """A signal handler's exception raised inside a destructor or a gc callback (JAX has one) is
-    only printed by Python, "Exception ignored in ...": the run still stops, at the next level."""
-    unraisable = []
-    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
-
-    def handler(signum, frame):
-        raise Interrupted()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-
-    class Swallower:
-        def __del__(self):
-            signal.raise_signal(signal.SIGTERM)  # the handler raises in here
-
-    def log(line):
-        if line.startswith("level  0/"):
-            Swallower()  # (collected at once)
-
-    workdir = str(tmp_path / "run")
-    try:
-        with pytest.raises(Interrupted):
-            lottery.run(tiny(prune__levels=1), workdir, log=log)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert [type(u.exc_value) for u in unraisable] == [Interrupted]
+    cfg = tiny(runtime__chunk_seconds=1e-6)  # chunks of one period; checkpoint_minutes default 10
+    seen = []
+    stop = lambda: signal.SIGTERM if any(l.startswith("level  1  iteration 100/") for l in seen) else 0
+    with pytest.raises(lottery.Stopped) as info:
+        lottery.run(cfg, workdir, log=seen.append, stop=stop)
+    assert info.value.signum == signal.SIGTERM
+    assert str(info.value) == "stopped in level 1 at iteration 100 (progress saved at iteration 100)"
+    assert workdir_lib.checkpoint_names(workdir) == ["init", "level_000", "progress_001"]
     assert {r["level"] for r in lottery.read_records(workdir)} == {0}
+    logs = []
+    records = lottery.run(cfg, workdir, log=logs.append)
+    assert "level 1: resuming at iteration 100 from its intra-level checkpoint" in logs
+    assert strip_timing(records) == strip_timing(reference[1])
+
+
+def test_a_stop_before_training_leaves_nothing(tmp_path):
+    workdir = str(tmp_path / "run")
+    with pytest.raises(lottery.Stopped, match="stopped after loading the data"):
+        lottery.run(tiny(), workdir, log=quiet, stop=lambda: signal.SIGINT)
+    assert not os.path.exists(workdir)
 
 
 # ----------------------------------------------------------------------------- 2. determinism
@@ -373,7 +120,10 @@ def test_same_seed_gives_identical_records_theta0_and_masks(reference, level0_ru
     the same reference in the interruption test above."""
     ref_dir, ref_records, _ = reference
     workdir, records = level0_runs[0]
-    assert strip_timing(records) == strip_timing([r for r in ref_records if r["level"] == 0])
+    # (prune.levels differs, and with it the experiment's identity)
+    without_id = lambda rs: [{k: v for k, v in r.items() if k != "experiment"} for r in rs]
+    assert without_id(strip_timing(records)) == without_id(
+        strip_timing([r for r in ref_records if r["level"] == 0]))
     a, b = lottery.load_experiment(workdir), lottery.load_experiment(ref_dir)
     for part in (lambda s: s["theta0"], lambda s: s["theta_rewind"], lambda s: s["levels"][0]):
         for x, y in zip(jax.tree.leaves(part(a)), jax.tree.leaves(part(b)), strict=True):
@@ -383,9 +133,7 @@ def test_same_seed_gives_identical_records_theta0_and_masks(reference, level0_ru
 def next_masks(exp, saved):
     """The level-1 ticket masks from a saved level 0 (as lottery.run computes them)."""
     level0 = saved["levels"][0]
-    prune = jax.jit(jax.vmap(lambda p, m, level: lottery.next_mask(exp, p, m, level, False),
-                             in_axes=(0, 0, None)), static_argnums=2)
-    return prune(level0["trained_params"], level0["mask"], 1)
+    return lottery.Pieces(exp).prune(level0["trained_params"], level0["mask"], 1)
 
 
 def test_different_seed_changes_theta0_masks_and_data_order(reference, level0_runs, exp):
@@ -443,9 +191,11 @@ def test_divergence_is_recorded_and_later_levels_are_skipped(tmp_path):
             iteration = int(failure.split("iteration ")[1].split()[0])
             assert 0 <= iteration < TINY["train.iterations"]
             assert f"level 0, variant ticket, trial {r['trial']}" in failure
-        else:  # the trial's ticket diverged at level 0: every later level is skipped
+        else:  # the trial's ticket diverged at level 0: every later level is skipped, untrained
             assert r["status"] == "skipped", r
-            assert "diverged at level 0" in r["failure"]
+            assert "not trained: the trial's ticket diverged at level 0" in r["failure"]
+            assert r["runs_in_program"] == 0 and r["train_seconds"] == 0.0 and r["val_loss"] == []
+    assert workdir_lib.read_checkpoint(workdir, "level_001")[0].get("runs") is None  # none trained
     assert any(line.startswith("WARNING: non-finite training loss") for line in logs)
     assert any("no ticket finished" in line for line in logs)
 
@@ -454,6 +204,35 @@ def test_divergence_is_recorded_and_later_levels_are_skipped(tmp_path):
     shutil.copytree(workdir, resumed)
     shutil.rmtree(os.path.join(resumed, "checkpoints", f"level_{LEVELS:03d}"))
     assert strip_timing(lottery.run(cfg, resumed, log=quiet)) == strip_timing(records)
+
+
+def test_a_finite_blow_up_is_divergence(tmp_path):
+    """Adam at learning rate 1e6: the losses stay finite (~1e6 and more) at chance accuracy. The
+    rule (train.diverged): a period's mean training loss above 10 x max(initial loss, ln classes)."""
+    cfg = tiny(train__learning_rate=1e6, prune__levels=1)
+    records = lottery.run(cfg, str(tmp_path / "run"), log=quiet)
+    for r in records:
+        if r["level"] == 0:
+            assert r["status"] == "diverged", r
+            assert "above 10 x max(initial loss, ln classes)" in r["failure"], r["failure"]
+            assert all(v is None or v < 1e38 for v in r["train_loss"])
+        else:
+            assert r["status"] == "skipped"
+
+
+def test_no_run_of_the_recorded_lenet_experiment_trips_the_divergence_rule():
+    """experiments/lenet_fashion_mnist: 138 runs of 50K iterations (their records have no initial
+    loss: the bound is then 10 x ln 10 = 23; the largest period mean there is 1.85)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "experiments", "lenet_fashion_mnist", "results.jsonl")
+    with open(path) as f:
+        records = [json.loads(line) for line in f]
+    assert len(records) == 138
+    for r in records:
+        loss = np.array(r["train_loss"], np.float64)
+        assert np.isfinite(loss).all()
+        assert lottery.train_lib.diverged(loss, r.get("initial_train_loss") or np.nan, 10) == -1
+    assert max(max(r["train_loss"]) for r in records) < 0.1 * 10 * math.log(10)
 
 
 @pytest.mark.parametrize("nonfinite_step", [0, -1])
@@ -472,7 +251,7 @@ def test_non_finite_numbers_never_reach_the_results(exp, nonfinite_step):
         best_period=np.array([-1]), best_test_loss=np.array([np.nan]),
         best_test_accuracy=np.array([np.nan]), final_test_loss=np.array([np.inf]),
         final_test_accuracy=np.array([np.nan]), nonfinite_step=np.array([nonfinite_step]),
-        captured_params=None, captured_batch_stats=None)
+        captured_params=None, captured_batch_stats=None, initial_loss=np.array([2.3]))
     record = lottery.make_record(exp, result, 0, trial=1, level=2, variant="reinit", mask=mask,
                                  start=0, seconds=1.0, runs=1)
     assert record["status"] == "diverged"
@@ -507,6 +286,11 @@ def error_line(stderr: str) -> str:
     ("prune.rewind_iteration", 25),
     ("trials", 0),
     ("train.batch_size", 650),  # the training set has 700 - 100 = 600 examples
+    ("seed", 10**30),
+    ("seed", 2**32),  # jax.random.key(2**32) would be key 0
+    ("runtime.devices", 99),
+    ("runtime.checkpoint_minutes", -1.0),
+    ("runtime.chunk_seconds", 0.0),
 ])
 def test_bad_value_is_refused_before_anything_is_written(tmp_path, field, value):
     workdir = str(tmp_path / "run")
@@ -525,25 +309,6 @@ def test_unknown_field_is_refused(tmp_path):
     with pytest.raises(config_lib.ConfigError, match=r"^config\.train\.iteratons: unknown field"):
         lottery.run(cfg, str(tmp_path / "run"), log=quiet)
     assert not os.path.exists(tmp_path / "run")
-
-
-def test_cli_bad_value_exits_2_with_one_line(tmp_path):
-    """(The values above all end the same way in the CLI: one of them is enough here.)"""
-    workdir = str(tmp_path / "run")
-    rc, _, stderr = run_cli(workdir, *cli_flags(), "--config.train.iterations=55")
-    assert rc == 2, stderr
-    assert error_line(stderr).startswith("lth_jax: error: config.train.iterations: 55 is not a "
-                                         "multiple of train.eval_every=50")
-    assert not os.path.exists(workdir)
-
-
-def test_cli_mistyped_field_exits_2_with_one_line(tmp_path):
-    workdir = str(tmp_path / "run")
-    rc, _, stderr = run_cli(workdir, *cli_flags(), "--config.train.iteratons=5")
-    assert not os.path.exists(workdir)
-    assert "iteratons" in stderr
-    assert rc == 2
-    assert error_line(stderr).startswith("lth_jax: error: config.train.iteratons")
 
 
 def test_workdir_of_another_experiment_is_refused_untouched(reference, tmp_path):
@@ -586,63 +351,277 @@ def test_truncated_dataset_file_is_refused(tmp_path):
     assert not os.path.exists(workdir)
 
 
-@pytest.mark.parametrize("file, garbage", [(lottery.RESULTS, '{"trial": 0, "lev\n'),
-                                           (lottery.CONFIG, '{"seed": 0, ')])
-def test_corrupt_workdir_file_is_refused_untouched(reference, tmp_path, file, garbage):
-    """A damaged results.jsonl (not just a partial last line) or config.json stops the run with the
-    file's name; nothing is rewritten."""
+@pytest.mark.parametrize("garbage, message", [
+    ('{"trial": 0, "lev\n', "line 2 is not valid JSON"),
+    ('[1, 2]\n', "line 2 is a JSON list, not a record object"),
+    ('{"trial": 0, "variant": "ticket"}\n', "line 2 lacks required field(s) level")])
+def test_a_damaged_results_file_is_refused_untouched(reference, tmp_path, garbage, message):
+    """A damaged results.jsonl (not just a partial last line) stops the run with one line naming
+    the file and line; nothing is rewritten."""
     workdir = str(tmp_path / "run")
     shutil.copytree(reference[0], workdir)
-    path = os.path.join(workdir, file)
+    path = os.path.join(workdir, lottery.RESULTS)
     with open(path) as f:
         lines = f.readlines()
-    lines.insert(1 if file == lottery.RESULTS else 0, garbage)
     with open(path, "w") as f:
-        f.writelines(lines[:1] if file == lottery.CONFIG else lines)
+        f.writelines(lines[:1] + [garbage] + lines[1:])
     with open(path, "rb") as f:
         before = f.read()
-    with pytest.raises(lottery.ExperimentError, match="is not valid JSON") as info:
+    with pytest.raises(lottery.ExperimentError) as info:
         lottery.run(tiny(), workdir, log=quiet)
-    assert path in str(info.value)
+    assert str(info.value).startswith(f"{path}: {message}") and "\n" not in str(info.value)
     with open(path, "rb") as f:
         assert f.read() == before
 
 
-def _shrink_first_kernel(tree):
-    """The same tree with Dense_0's kernel narrower: a checkpoint of another model."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: x[..., :-1] if masks.path_str(path).endswith("Dense_0/kernel") else x, tree)
-
-
-@pytest.mark.parametrize("name", ["init", f"level_{LEVELS - 1:03d}"])
-def test_checkpoint_of_another_model_is_refused_on_resume(reference, tmp_path, name):
+@pytest.mark.parametrize("content", ['{"seed": 0, ', "[]"])
+def test_a_damaged_config_json_is_rewritten_when_the_results_are_this_experiments(
+        reference, tmp_path, content):
+    """config.json holding invalid JSON or `[]`: the identity in the records and checkpoints says
+    whose results these are; for this config's, the file is written again and nothing recomputed.
+    For another config's, the run is refused (and nobody is told to delete the workdir)."""
     workdir = str(tmp_path / "run")
     shutil.copytree(reference[0], workdir)
-    lottery.save_checkpoint(workdir, name,
-                            _shrink_first_kernel(lottery.load_checkpoint(workdir, name)))
-    # keep the last level unfinished so that the resume needs the one before's checkpoint
-    records = [r for r in lottery.read_records(workdir) if r["level"] < LEVELS]
-    lottery._write_records(workdir, records)
-    with pytest.raises(lottery.ExperimentError, match="another model") as info:
+    with open(os.path.join(workdir, lottery.CONFIG), "w") as f:
+        f.write(content)
+    with pytest.raises(lottery.ExperimentError) as info:
+        lottery.run(tiny(train__learning_rate=0.01), workdir, log=quiet)
+    assert "holds results of another experiment" in str(info.value)
+    assert "config.json is unreadable" in str(info.value) and "delete" not in str(info.value)
+    logs = []
+    records = lottery.run(tiny(), workdir, log=logs.append)
+    assert any("config.json" in line and "rewritten from this config" in line for line in logs)
+    assert strip_timing(records) == strip_timing(reference[1])
+    assert not any(line.startswith("level ") for line in logs)  # nothing trained again
+    assert workdir_lib.read_config(workdir) == lottery.config_to_json(tiny())
+
+
+def test_another_experiment_is_refused_even_without_config_json(reference, tmp_path):
+    """The identity stored in every record and checkpoint guards the workdir when config.json is
+    gone: a rerun at another learning rate is refused, and nothing is written."""
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference[0], workdir)
+    os.remove(os.path.join(workdir, lottery.CONFIG))
+    with pytest.raises(lottery.ExperimentError) as info:
+        lottery.run(tiny(train__learning_rate=0.01), workdir, log=quiet)
+    message = str(info.value)
+    assert "holds results of another experiment" in message and "config.json is missing" in message
+    assert not os.path.exists(os.path.join(workdir, lottery.CONFIG))
+    # a checkpoint of another experiment copied in is refused the same way
+    shutil.copytree(reference[0], str(tmp_path / "again"))
+    other = lottery.run(tiny(prune__levels=0, seed=1), str(tmp_path / "other"), log=quiet)
+    assert other
+    target = workdir_lib.checkpoint_path(str(tmp_path / "again"), "level_000")
+    shutil.rmtree(target)
+    shutil.copytree(workdir_lib.checkpoint_path(str(tmp_path / "other"), "level_000"), target)
+    with pytest.raises(lottery.ExperimentError, match="checkpoints/level_000 has another experiment"):
+        lottery.run(tiny(), str(tmp_path / "again"), log=quiet)
+
+
+def _flip_bytes(path, count=64):
+    files = sorted((os.path.join(root, f) for root, _, names in os.walk(path) for f in names
+                    if f != workdir_lib.META), key=os.path.getsize)
+    with open(files[-1], "r+b") as f:
+        f.seek(os.path.getsize(files[-1]) // 2)
+        chunk = f.read(count)
+        f.seek(-len(chunk), 1)
+        f.write(bytes(b ^ 0x5A for b in chunk))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "incomplete"])
+def test_a_damaged_level_checkpoint_is_recomputed(reference, tmp_path, damage):
+    """64 bytes flipped in level 1's checkpoint (which loads without error in orbax), a truncated
+    data file, or no digest (cut short): one line names the level, which is trained again from
+    level 0's checkpoint; the results equal the reference's, and later levels are kept."""
+    ref_dir, ref_records, _ = reference
+    workdir = str(tmp_path / "run")
+    shutil.copytree(ref_dir, workdir)
+    path = workdir_lib.checkpoint_path(workdir, "level_001")
+    if damage == "flip":
+        _flip_bytes(path)
+    elif damage == "truncate":
+        biggest = max((os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs),
+                      key=os.path.getsize)
+        with open(biggest, "r+b") as f:
+            f.truncate(100)
+    else:
+        os.remove(os.path.join(path, workdir_lib.META))
+    logs = []
+    records = lottery.run(tiny(), workdir, log=logs.append)
+    said = [line for line in logs if "level_001" in line]
+    assert len(said) == 1 and said[0].startswith("lth_jax: checkpoint level_001 is ")
+    assert said[0].endswith("; level 1 is computed again")
+    assert any(line.startswith("level  1/2") for line in logs)
+    assert not any(line.startswith("level  2/2") for line in logs)  # level 2 was kept
+    assert strip_timing(records) == strip_timing(ref_records)
+    for x, y in zip(jax.tree.leaves(lottery.load_checkpoint(workdir, "level_001")),
+                    jax.tree.leaves(lottery.load_checkpoint(ref_dir, "level_001")), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_a_lost_init_is_rebuilt_from_the_seed_and_checked(reference, tmp_path):
+    ref_dir, ref_records, _ = reference
+    workdir = str(tmp_path / "run")
+    shutil.copytree(ref_dir, workdir)
+    shutil.rmtree(workdir_lib.checkpoint_path(workdir, "init"))
+    # keep the last level unfinished so that the resume needs θ_rewind
+    shutil.rmtree(workdir_lib.checkpoint_path(workdir, "level_002"))
+    logs = []
+    assert strip_timing(lottery.run(tiny(), workdir, log=logs.append)) == strip_timing(ref_records)
+    for x, y in zip(jax.tree.leaves(lottery.load_checkpoint(workdir, "init")),
+                    jax.tree.leaves(lottery.load_checkpoint(ref_dir, "init")), strict=True):
+        np.testing.assert_array_equal(x, y)
+    # θ₀ rebuilt differently (here: the digest the levels recorded is changed): refused, saying
+    # exactly what to do
+    _flip_bytes(workdir_lib.checkpoint_path(workdir, "init"))
+    for level in range(LEVELS + 1):
+        meta_path = os.path.join(workdir_lib.checkpoint_path(workdir, f"level_{level:03d}"),
+                                 workdir_lib.META)
+        with open(meta_path) as f:
+            meta = json.load(f)
+        meta["init_digest"] = "0" * 64
+        with open(meta_path, "w") as f:
+            json.dump(meta, f)
+    shutil.rmtree(workdir_lib.checkpoint_path(workdir, "level_002"))
+    logs = []
+    with pytest.raises(lottery.ExperimentError) as info:
+        lottery.run(tiny(), workdir, log=logs.append)
+    assert any(line.startswith("lth_jax: checkpoint init is damaged") for line in logs)
+    assert "restore checkpoints/init from a backup, or start over in a new --workdir" in str(info.value)
+
+
+def test_lost_records_are_restored_and_duplicates_removed(reference, tmp_path):
+    """results.jsonl deleted: the records of the finished levels come back from their
+    checkpoints, with no training. Duplicated lines (from a version without the lock): removed,
+    by the same rule as the report's and load_experiment's (the later line wins)."""
+    ref_dir, ref_records, _ = reference
+    workdir = str(tmp_path / "run")
+    shutil.copytree(ref_dir, workdir)
+    os.remove(os.path.join(workdir, lottery.RESULTS))
+    logs = []
+    assert strip_timing(lottery.run(tiny(), workdir, log=logs.append)) == strip_timing(ref_records)
+    assert sum("restored from its checkpoint" in line for line in logs) == LEVELS + 1
+    assert not any(line.startswith("level ") for line in logs)
+    path = os.path.join(workdir, lottery.RESULTS)
+    with open(path) as f:
+        lines = f.readlines()
+    with open(path, "w") as f:
+        f.writelines(lines + lines[:3])
+    assert len(lottery.load_experiment(workdir)["records"]) == len(ref_records)
+    logs = []
+    lottery.run(tiny(), workdir, log=logs.append)
+    assert sum("duplicate record" in line for line in logs) == 3
+    with open(path) as f:
+        assert f.readlines() == lines
+
+
+def test_the_lock_refuses_a_second_writer_but_not_readers(reference, tmp_path):
+    from lth_jax import report
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference[0], workdir)
+    held = workdir_lib.Lock(workdir).acquire()
+    try:
+        with pytest.raises(lottery.ExperimentError, match=f"in use by process {os.getpid()} on "):
+            lottery.run(tiny(), workdir, log=quiet)
+        assert len(lottery.load_experiment(workdir)["levels"]) == LEVELS + 1  # readers: no lock
+        assert os.path.exists(report.write_report(workdir, plots=False))
+    finally:
+        held.release()
+    logs = []
+    lottery.run(tiny(), workdir, log=logs.append)  # free again
+    assert not any("took over the lock" in line for line in logs)  # (it was this process's)
+
+
+@pytest.mark.parametrize("case", ["is_a_file", "under_a_file", "read_only"])
+def test_an_unusable_workdir_is_one_line(tmp_path, monkeypatch, case):
+    """A file, a path under a file, a read-only filesystem (simulated: root may write anywhere,
+    so opening the lock file fails with EROFS as on a read-only mount)."""
+    import errno
+
+    workdir = str(tmp_path / "run")
+    if case == "is_a_file":
+        open(workdir, "w").close()
+    elif case == "under_a_file":
+        open(workdir, "w").close()
+        workdir = os.path.join(workdir, "sub")
+    else:
+        real_open = os.open
+
+        def read_only(path, *args, **kwargs):
+            if str(path).endswith(workdir_lib.LOCK):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(lottery.ExperimentError) as info:
         lottery.run(tiny(), workdir, log=quiet)
-    assert name in str(info.value) and "Dense_0/kernel" in str(info.value)
-    assert strip_timing(lottery.read_records(workdir)) == strip_timing(records)
+    message = str(info.value)
+    assert "\n" not in message and workdir in message
+    assert {"is_a_file": "is a file", "under_a_file": "Not a directory",
+            "read_only": "Read-only file system"}[case] in message
 
 
-def test_load_checkpoint_checks_the_model(reference):
-    workdir = reference[0]
-    init = lottery.load_checkpoint(workdir, "init")
-    assert lottery.load_checkpoint(workdir, "init", like=init) is not None
-    with pytest.raises(lottery.ExperimentError, match="another model"):
-        lottery.load_checkpoint(workdir, "init", like=_shrink_first_kernel(init))
-    with pytest.raises(lottery.ExperimentError, match="another model"):
-        lottery.load_checkpoint(workdir, "init", like={**init, "theta_k": init["theta0"]})
-    # a dict ``like`` checks the parts it names
-    assert lottery.load_checkpoint(workdir, "init", like={"theta0": init["theta0"]}) is not None
-    with pytest.raises(lottery.ExperimentError, match="another model"):
-        lottery.load_checkpoint(workdir, "init", like={"theta0": _shrink_first_kernel(init["theta0"])})
-    with pytest.raises(lottery.ExperimentError, match="does not exist"):
-        lottery.load_checkpoint(workdir, "level_099")
+def test_disk_space_is_checked_before_a_level_and_a_full_disk_leaves_nothing(reference, tmp_path,
+                                                                              monkeypatch):
+    """(Simulated: shutil.disk_usage reporting 1 MiB free; a checkpoint write failing with ENOSPC
+    half-way.) Refused before the level trains; a write that fails leaves nothing half-written,
+    and the next run goes on as if it had not happened."""
+    import collections
+    import errno
+
+    workdir = str(tmp_path / "run")
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**20, 2**20))
+    logs = []
+    with pytest.raises(lottery.ExperimentError) as info:
+        lottery.run(tiny(), workdir, log=logs.append)
+    assert str(info.value).startswith(f"not enough disk space for level 0 in {workdir}: its "
+                                      "checkpoints need ~")
+    assert not any(line.startswith("level ") for line in logs)
+    monkeypatch.undo()
+
+    real = workdir_lib.write_checkpoint
+
+    def full_disk(workdir_, name, tree, meta):
+        if name == "level_001":
+            staging = workdir_lib.checkpoint_path(workdir_, name) + ".staging"
+            os.makedirs(staging)  # what orbax had written so far
+            try:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            finally:
+                shutil.rmtree(staging)  # (write_checkpoint's own cleanup)
+        return real(workdir_, name, tree, meta)
+
+    monkeypatch.setattr(workdir_lib, "write_checkpoint", full_disk)
+    with pytest.raises(lottery.ExperimentError) as info:
+        lottery.run(tiny(), workdir, log=quiet)
+    assert str(info.value) == (f"cannot write checkpoints/level_001 in {workdir}: No space left on "
+                               "device; nothing of it was kept")
+    assert sorted(workdir_lib.checkpoint_names(workdir)) == ["init", "level_000"]
+    assert {r["level"] for r in lottery.read_records(workdir)} == {0}
+    monkeypatch.undo()
+    assert strip_timing(lottery.run(tiny(), workdir, log=quiet)) == strip_timing(reference[1])
+
+
+def test_configs_that_cannot_fit_in_memory_are_refused_before_allocating(tmp_path, monkeypatch):
+    """The issue's iterations=3e9 is refused by the config check (the iteration counter is int32);
+    at 2e9 with eval_every=1e9, a period's batch indices alone need 200 GB: refused at once,
+    before compiling. Anything else is checked with XLA's own estimate of the compiled program
+    (here with the free memory simulated as 1 MiB)."""
+    with pytest.raises(config_lib.ConfigError, match=r"config.train.iterations: must be < 2\*\*31"):
+        lottery.run(tiny(train__iterations=3_000_000_000, train__eval_every=1_000_000_000),
+                    str(tmp_path / "a"), log=quiet)
+    with pytest.raises(lottery.ExperimentError) as info:
+        lottery.run(tiny(train__iterations=2_000_000_000, train__eval_every=1_000_000_000),
+                    str(tmp_path / "b"), log=quiet)
+    assert str(info.value).startswith("this config does not fit in memory: the training program "
+                                      "needs ~186.3 GiB per device (its batch indices alone)")
+    assert workdir_lib.checkpoint_names(str(tmp_path / "b")) == []
+    real = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda name: 256 if name == "SC_AVPHYS_PAGES" else real(name))
+    with pytest.raises(lottery.ExperimentError, match=r"needs ~\d+\.\d GiB per device \(XLA's estimate\)"):
+        lottery.run(tiny(), str(tmp_path / "c"), log=quiet)
 
 
 # ----------------------------------------------------------------------------- 5. fuzzing

@@ -1,5 +1,5 @@
 """The sharded code paths on a CPU with two forced host devices (in a subprocess: the device count
-is fixed when JAX starts)."""
+is fixed when JAX starts), whole and in chunks."""
 
 import json
 import os
@@ -38,6 +38,13 @@ SCRIPT = textwrap.dedent("""
                    for p, m in zip(jax.tree.leaves(r.params), jax.tree.leaves(mask)))
         out[name] = {"val_loss": np.asarray(r.val_loss).tolist(), "pruned_zero": zero,
                      "kernel": np.asarray(r.params["Dense_0"]["kernel"]).ravel()[:50].tolist()}
+        if name == "runs_over_two":  # the same program in two chunks, sharded state in between
+            t = runner.begin(params, v["batch_stats"], mask, keys, keys, start=0, capture=-1)
+            t.advance(1)
+            t.advance(1)
+            chunked = t.result()
+            out["chunks_equal"] = all(bool(np.array_equal(a, b)) for a, b in
+                                      zip(jax.tree.leaves(r), jax.tree.leaves(chunked)))
     print("RESULT " + json.dumps(out))
 """)
 
@@ -45,11 +52,16 @@ SCRIPT = textwrap.dedent("""
 def test_runs_sharded_and_data_parallel_on_two_cpu_devices():
     env = dict(os.environ)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false"
+    cache = os.environ.get("LTH_JAX_TEST_CACHE")
+    if cache:  # the session's compiled programs (a rerun of the suite's file compiles nothing)
+        env["JAX_COMPILATION_CACHE_DIR"] = cache
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
                           timeout=600)
     lines = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")]
     assert done.returncode == 0 and lines, done.stderr[-3000:]
     out = json.loads(lines[-1][len("RESULT "):])
+    assert out.pop("chunks_equal")
     one = out["one_device"]
     assert all(o["pruned_zero"] for o in out.values())
     # Runs spread over devices, each device running its runs one after another: bitwise equal.
