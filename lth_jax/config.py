@@ -15,7 +15,9 @@ Every ``configs/*.py`` starts from ``base_config()`` and sets the paper's values
   the model's paper rules), ``global_rate`` (0 = the rules' rate), ``levels``, ``one_shot``,
   ``rewind_iteration``
 * ``controls``: ``reinit``, ``random_prune`` (bools)
-* ``runtime``: ``devices`` (0 = all), ``data_parallel``, ``distributed`` (bools),
+* ``runtime``: ``devices`` (0 = all), ``data_parallel``, ``distributed`` (bools; with
+  ``coordinator_address``, ``num_processes``, ``process_id`` and ``process_timeout_seconds`` for
+  several processes), ``matmul_precision`` (auto | default | high | highest),
   ``checkpoint_minutes`` (intra-level checkpoints; 0 = at level ends only), ``chunk_seconds``
   (training time between two stop checks), ``progress_seconds`` (between two progress lines).
   These change how, not what, is computed: a workdir may be resumed with other values.
@@ -32,6 +34,7 @@ OPTIMIZERS = ("adam", "sgd", "momentum")
 STRATEGIES = ("paper", "layerwise", "global")
 SOURCES = ("tfds", "files", "synthetic")
 AUGMENT = ("auto", "on", "off")
+MATMUL_PRECISIONS = ("auto", "default", "high", "highest")
 CONVOLUTIONS = ("auto", "xla", "canonical_vjp")  # = lth_jax.models.convolution.IMPLEMENTATIONS
 
 
@@ -98,7 +101,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.runtime = ml_collections.ConfigDict()
     c.runtime.devices = 0             # how many devices to use (0 = all)
     c.runtime.data_parallel = False   # split each batch over the devices (one large run, e.g. VGG-19)
-    c.runtime.distributed = False     # multi-host: call jax.distributed.initialize() first
+    c.runtime.distributed = False     # several processes (hosts): jax.distributed.initialize()
+    c.runtime.coordinator_address = ""  # "host:port" of process 0 ("" = JAX detects it)
+    c.runtime.num_processes = 0       # how many processes (0 = JAX detects it)
+    c.runtime.process_id = -1         # this process's index (-1 = JAX detects it)
+    c.runtime.process_timeout_seconds = 60.0  # a silent process is waited for this long
+    c.runtime.matmul_precision = "auto"  # auto (highest on CPU, default on GPU/TPU) | default | high | highest
     c.runtime.checkpoint_minutes = 10.0  # intra-level checkpoint every this often (0 = level ends only)
     c.runtime.chunk_seconds = 4.0     # each chunk of a level trains about this long: a stop waits for it
     c.runtime.progress_seconds = 30.0  # at most one progress line per this many seconds
@@ -291,6 +299,25 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail("runtime.chunk_seconds", f"must be > 0, got {c.runtime.chunk_seconds}")
     if not _number(c, "runtime.progress_seconds") >= 0:
         _fail("runtime.progress_seconds", f"must be >= 0, got {c.runtime.progress_seconds}")
+    _choice(c, "runtime.matmul_precision", MATMUL_PRECISIONS)
+    if not isinstance(c.runtime.coordinator_address, str):
+        _fail("runtime.coordinator_address",
+              f"must be a 'host:port' string, got {c.runtime.coordinator_address!r}")
+    if c.runtime.coordinator_address and not re.fullmatch(r"\S+:\d{1,5}",
+                                                          c.runtime.coordinator_address):
+        _fail("runtime.coordinator_address",
+              f"must be 'host:port', got {c.runtime.coordinator_address!r}")
+    processes = _int_at_least(c, "runtime.num_processes", 0)
+    process_id = _int_at_least(c, "runtime.process_id", -1)
+    if processes and process_id >= processes:
+        _fail("runtime.process_id", f"{process_id} must be < runtime.num_processes={processes}")
+    if not _number(c, "runtime.process_timeout_seconds") > 0:
+        _fail("runtime.process_timeout_seconds",
+              f"must be > 0, got {c.runtime.process_timeout_seconds}")
+    if not c.runtime.distributed and (c.runtime.coordinator_address or processes > 1
+                                      or process_id > 0):
+        _fail("runtime.distributed", "must be True when runtime.coordinator_address, "
+              "num_processes or process_id is set")
     for field in ("data_parallel", "distributed"):
         if not isinstance(c.runtime[field], bool):
             _fail(f"runtime.{field}", f"must be True or False, got {c.runtime[field]!r}")

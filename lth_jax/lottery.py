@@ -37,6 +37,7 @@ from lth_jax import config as config_lib
 from lth_jax import data as data_lib
 from lth_jax import masks as masks_lib
 from lth_jax import models
+from lth_jax import processes
 from lth_jax import pruning
 from lth_jax import tickets
 from lth_jax import train as train_lib
@@ -244,13 +245,19 @@ class Runner:
     """
 
     def __init__(self, exp: Experiment, num_devices: int = 0, batching: str = "auto",
-                 data_parallel: bool = False):
+                 data_parallel: bool = False, matmul_precision: str = "auto"):
         devices = jax.devices()
         self.devices = devices[:num_devices] if num_devices else devices
         self.exp = exp
+        platform = self.devices[0].platform
         if batching == "auto":
-            batching = "map" if self.devices[0].platform == "cpu" else "vmap"
+            batching = "map" if platform == "cpu" else "vmap"
         self.batching = batching
+        #: jax's matmul (and convolution) precision for the training programs: "auto" is
+        #: "highest" on CPUs (float32 costs nothing extra there) and "default" on GPUs/TPUs
+        #: (TF32 / bfloat16 passes: the tensor cores' rate, as PyTorch's cuDNN convolutions).
+        self.matmul_precision = (("highest" if platform == "cpu" else "default")
+                                 if matmul_precision == "auto" else matmul_precision)
         self.data_parallel = data_parallel
         self._programs: dict[tuple, _Program] = {}
         self._compiled: dict[tuple, Any] = {}
@@ -273,7 +280,9 @@ class Runner:
                             out_shardings=sharding, donate_argnums=1)
             per = 1
         else:
-            mesh = Mesh(np.array(self.devices[:min(runs, len(self.devices))]), ("runs",))
+            # With several processes every one of them must hold a part of the mesh.
+            used = len(self.devices) if processes.count() > 1 else min(runs, len(self.devices))
+            mesh = Mesh(np.array(self.devices[:used]), ("runs",))
             chunk = train_lib.make_chunk_fn(trainer, start=start, capture_iteration=capture,
                                             batching=self.batching, mesh=mesh)
             sharding = NamedSharding(mesh, PartitionSpec("runs"))
@@ -282,7 +291,7 @@ class Runner:
                        out_shardings=sharding)
         d = (mesh.devices.size, self.data_parallel)
         if d not in self._data:
-            self._data[d] = jax.device_put(self.exp.data, NamedSharding(mesh, PartitionSpec()))
+            self._data[d] = processes.to_global(self.exp.data, NamedSharding(mesh, PartitionSpec()))
         self._programs[key] = _Program(init, chunk, mesh, sharding, self._data[d], per)
         return self._programs[key]
 
@@ -291,6 +300,11 @@ class Runner:
               saved: dict | None = None) -> "Training":
         """The R runs given with a leading axis R, on the devices, ready to train from iteration
         ``start`` (or from ``saved``, a ``Training.snapshot()`` of these runs)."""
+        with jax.default_matmul_precision(self.matmul_precision):
+            return self._begin(params, batch_stats, mask, data_key, noise_key, start=start,
+                               capture=capture, saved=saved)
+
+    def _begin(self, params, batch_stats, mask, data_key, noise_key, *, start, capture, saved):
         runs = jax.tree.leaves(mask)[0].shape[0]
         program = self._program(start, capture, runs)
         padded = -(-runs // program.per) * program.per
@@ -299,7 +313,7 @@ class Runner:
             if padded != runs:
                 tree = jax.tree.map(
                     lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], padded - runs, axis=0)]), tree)
-            return jax.device_put(tree, program.sharding)
+            return processes.to_global(tree, program.sharding)
 
         mask, data_key, noise_key = put((mask, data_key, noise_key))
         if saved is None:
@@ -311,14 +325,14 @@ class Runner:
         key = (start, capture, runs)
         if key not in self._compiled:
             # A lower bound first, before compiling for minutes: a period's batch indices.
-            trainer, devices = self.exp.trainer, list(program.mesh.devices.flat)
+            trainer, devices = self.exp.trainer, _local(program.mesh)
             in_flight = padded // program.per if self.batching == "vmap" else 1
             self._check_memory(trainer.eval_every * trainer.batch_size * 4 * in_flight, devices,
                                "its batch indices alone")
         args = (program.data, state, mask, data_key, noise_key, np.int32(0), np.int32(1))
         if key not in self._compiled:
             compiled = program.chunk.lower(*args).compile()
-            self._check_compiled_memory(compiled, list(program.mesh.devices.flat))
+            self._check_compiled_memory(compiled, _local(program.mesh))
             self._compiled[key] = compiled
         return Training(self._compiled[key], program.data, state, mask, data_key, noise_key, runs,
                         train_lib.num_periods(self.exp.trainer, start), period)
@@ -360,8 +374,15 @@ class Runner:
                 "batch indices are computed at once), train.batch_size, or fewer runs per device")
 
 
+def _local(mesh: Mesh) -> list:
+    """This process's devices of ``mesh`` (all of them with one process)."""
+    return [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+
+
 class Training:
-    """The runs of a level on the devices, trained chunk by chunk with ``advance``."""
+    """The runs of a level on the devices, trained chunk by chunk with ``advance``. Reading its
+    state (``best_so_far``, ``snapshot``, ``result``) gathers it from every process: with
+    several, all must call them at the same points."""
 
     def __init__(self, compiled, data, state, mask, data_key, noise_key, runs: int, periods: int,
                  period: int):
@@ -384,21 +405,22 @@ class Training:
     def best_so_far(self) -> tuple[np.ndarray, np.ndarray]:
         """Per run: the lowest validation loss so far and the validation accuracy there (NaN
         before the first evaluation)."""
-        loss = np.asarray(self._state.best_val_loss)[:self.runs]
-        period = np.asarray(self._state.best_period)[:self.runs]
-        accuracy = np.asarray(self._state.curves.val_accuracy)[:self.runs]
+        loss, period, accuracy = processes.to_host(
+            (self._state.best_val_loss, self._state.best_period, self._state.curves.val_accuracy))
+        loss, period, accuracy = loss[:self.runs], period[:self.runs], accuracy[:self.runs]
         at = np.where(period >= 0, accuracy[np.arange(self.runs), np.maximum(period, 0)], np.nan)
         return np.where(np.isfinite(loss), loss, np.nan), at
 
     def snapshot(self) -> dict:
         """What continues these runs exactly: the state of every run (numpy, the leaves of the
         RunState in order) and the next period."""
-        return {"state": [np.asarray(x)[:self.runs] for x in jax.tree.leaves(self._state)],
+        return {"state": [x[:self.runs] for x in processes.to_host(jax.tree.leaves(self._state))],
                 "period": np.int32(self.period)}
 
     def result(self) -> train_lib.RunResult:
         """The RunResult of the finished runs, as numpy arrays."""
-        return jax.tree.map(lambda x: np.asarray(x)[:self.runs], train_lib.run_result(self._state))
+        return jax.tree.map(lambda x: x[:self.runs],
+                            processes.to_host(train_lib.run_result(self._state)))
 
 
 # ----------------------------------------------------------------------------- records
@@ -541,6 +563,7 @@ class Store:
         self.identity = exp.identity
         self.config = config_to_json(exp.config)
         self._lock = workdir_lib.Lock(workdir)
+        self.primary = processes.is_primary()  # the one process that writes files here
         self._finished: dict[int, list[dict]] = {}   # level -> its records
         self._cached: dict[int, dict] = {}           # level -> checkpoint tree (level 0, the last)
         self._init_digest: str | None = None
@@ -549,19 +572,30 @@ class Store:
 
     def open(self) -> None:
         """Create or check the workdir, take its lock, and find the finished levels (verifying
-        every level checkpoint). Raises ExperimentError when the workdir cannot be used."""
-        try:
-            if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
-                raise ExperimentError(f"--workdir {self.workdir} is a file, not a directory")
-            os.makedirs(self.workdir, exist_ok=True)
-            self._lock.acquire()
-        except OSError as e:
-            raise ExperimentError(f"cannot use --workdir {self.workdir}: {e.strerror or e}") from None
-        previous = self._lock.previous
-        if previous and previous.get("pid") != os.getpid():
-            self.log(f"lth_jax: took over the lock of process {previous.get('pid')} on "
-                     f"{previous.get('host')} (started {previous.get('started')}), which has ended")
-        self._write(lambda: workdir_lib.clean_checkpoints(self.workdir), "checkpoints/")
+        every level checkpoint). Raises ExperimentError when the workdir cannot be used.
+
+        With several processes, process 0 takes the lock and writes; every process reads the
+        same files in the same order (orbax's reads are collective)."""
+        if self.primary:
+            try:
+                if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
+                    raise ExperimentError(f"--workdir {self.workdir} is a file, not a directory")
+                os.makedirs(self.workdir, exist_ok=True)
+                self._lock.acquire()
+            except OSError as e:
+                raise ExperimentError(
+                    f"cannot use --workdir {self.workdir}: {e.strerror or e}") from None
+            previous = self._lock.previous
+            if previous and previous.get("pid") != os.getpid():
+                self.log(f"lth_jax: took over the lock of process {previous.get('pid')} on "
+                         f"{previous.get('host')} (started {previous.get('started')}), which "
+                         "has ended")
+            self._write(lambda: workdir_lib.clean_checkpoints(self.workdir), "checkpoints/")
+        processes.barrier("workdir opened")
+        if not os.path.isdir(self.workdir):
+            raise ExperimentError(f"--workdir {self.workdir} does not exist on process "
+                                  f"{processes.index()}: with several processes it must be on a "
+                                  "filesystem every host sees")
         records = workdir_lib.read_records(self.workdir, warn=lambda m: self.log(f"lth_jax: {m}"))
         self._check_experiment(records)
         self._find_finished(records)
@@ -569,7 +603,11 @@ class Store:
     def close(self) -> None:
         self._lock.release()
 
-    def _write(self, fn: Callable[[], Any], what: str) -> Any:
+    def _write(self, fn: Callable[[], Any], what: str, everyone: bool = False) -> Any:
+        """``fn()`` (a write) in process 0 only, or in every process (``everyone``: checkpoints,
+        whose orbax writes are collective); an OSError becomes one ExperimentError line."""
+        if not (self.primary or everyone):
+            return None
         try:
             return fn()
         except OSError as e:
@@ -643,7 +681,7 @@ class Store:
                 self.workdir, workdir_lib.level_checkpoint(last))[0]
         for name in workdir_lib.checkpoint_names(self.workdir):  # progress of a finished level
             if name.startswith("progress_") and int(name[len("progress_"):]) in self._finished:
-                workdir_lib.remove_checkpoint(self.workdir, name)
+                self._write(lambda: workdir_lib.remove_checkpoint(self.workdir, name), name)
         self._write_records()
 
     def _write_records(self) -> None:
@@ -743,12 +781,13 @@ class Store:
     def save_progress(self, level: int, snapshot: dict, meta: dict) -> None:
         name = workdir_lib.progress_checkpoint(level)
         self._write(lambda: workdir_lib.write_checkpoint(
-            self.workdir, name, snapshot, {"experiment": self.identity, "level": level, **meta}),
-            f"checkpoints/{name}")
+            self.workdir, name, snapshot, {"experiment": self.identity, "level": level, **meta},
+            **self._collective), f"checkpoints/{name}", everyone=True)
 
     def _save_init(self, init: dict) -> None:
         self._write(lambda: workdir_lib.write_checkpoint(
-            self.workdir, workdir_lib.INIT, init, {"experiment": self.identity}), "checkpoints/init")
+            self.workdir, workdir_lib.INIT, init, {"experiment": self.identity},
+            **self._collective), "checkpoints/init", everyone=True)
         self._init_digest = workdir_lib.digest(init)
 
     def save_level(self, level: int, tree: dict, records: list[dict], theta0: dict) -> None:
@@ -761,13 +800,19 @@ class Store:
         name = workdir_lib.level_checkpoint(level)
         self._write(lambda: workdir_lib.write_checkpoint(
             self.workdir, name, tree, {"experiment": self.identity, "level": level,
-                                       "init_digest": self._init_digest, "records": records}),
-            f"checkpoints/{name}")
+                                       "init_digest": self._init_digest, "records": records},
+            **self._collective), f"checkpoints/{name}", everyone=True)
         self._finished[level] = records
         self._cached = {k: v for k, v in self._cached.items() if k == 0}
         self._cached[level] = tree
         self._write_records()
-        workdir_lib.remove_checkpoint(self.workdir, workdir_lib.progress_checkpoint(level))
+        progress = workdir_lib.progress_checkpoint(level)
+        self._write(lambda: workdir_lib.remove_checkpoint(self.workdir, progress), progress)
+
+    @property
+    def _collective(self) -> dict:
+        """How ``workdir.write_checkpoint`` runs in this process (see ``processes``)."""
+        return {"primary": self.primary, "sync": processes.barrier}
 
     def check_disk(self, level: int, need: int) -> None:
         """Refuse to start a level whose checkpoints would not fit on the workdir's disk."""
@@ -907,7 +952,7 @@ class LevelTrainer:
         if saved:
             self.log(f"level {level}: resuming at iteration {start + training.period * every:,} "
                      "from its intra-level checkpoint")
-        count, saved_at, said_at, first = 1, time.monotonic(), -math.inf, training.period
+        count, saved_at, said_at = 1, time.monotonic(), -math.inf
         while not training.done:
             t0 = time.monotonic()
             training.advance(count)
@@ -916,14 +961,20 @@ class LevelTrainer:
             self.rate = len(order) * every * count / max(elapsed, 1e-9)
             count = max(1, int(self.chunk_seconds / max(elapsed / count, 1e-9)))
             now = time.monotonic()
-            if now - said_at >= self.progress_seconds or training.done:
+            stopping = self.check_stop(None, raise_=False) if not training.done else 0
+            # Every process must train and checkpoint alike: the clock-driven choices are agreed
+            # (the shortest next chunk; report, save or stop if any process would).
+            neg_count, say, save = processes.agree_max([
+                -count, now - said_at >= self.progress_seconds or training.done,
+                bool(self.checkpoint_seconds) and (bool(stopping)
+                                                   or now - saved_at >= self.checkpoint_seconds)])
+            count = -neg_count
+            if say:
                 self._progress(level, training, start, len(order))
                 said_at = now
             if training.done:
                 break
-            stopping = self.check_stop(None, raise_=False)
-            if (stopping and self.checkpoint_seconds) or (
-                    self.checkpoint_seconds and now - saved_at >= self.checkpoint_seconds):
+            if save:
                 self.store.save_progress(level, training.snapshot(),
                                          {"inputs": inputs, "seconds": seconds,
                                           "runs": [list(r) for r in order]})
@@ -933,7 +984,6 @@ class LevelTrainer:
                 kept = ("saved at iteration {:,}".format(done) if self.checkpoint_seconds else
                         "not saved (runtime.checkpoint_minutes=0)")
                 self.check_stop(f"in level {level} at iteration {done:,} (progress {kept})")
-        del first
         return Trained(training.result(), order, start, seconds)
 
     def _progress(self, level: int, training: Training, start: int, runs: int) -> None:
@@ -1000,25 +1050,31 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
     a signal number, the level's progress is saved (see ``LevelTrainer``) and ``Stopped`` raised.
     """
     def check_stop(where: str | None, raise_: bool = True) -> int:
-        signum = stop() if stop else 0
+        # With several processes a stop asked for in any of them stops them all, at one point.
+        signum = processes.agree_max([stop() if stop else 0])[0]
         if signum and raise_:
             raise Stopped(signum, f"stopped {where or 'before training'}")
         return signum
 
     # Refused at once if another process is writing there (before loading data for minutes);
     # the lock itself is taken by the Store, once the config and data are known to be good.
-    workdir_lib.Lock(workdir).refuse_if_held()
+    if processes.is_primary():
+        workdir_lib.Lock(workdir).refuse_if_held()
+    else:  # process 0 prints the progress; the others only their errors
+        log = lambda line: None  # noqa: E731
     exp = exp or setup(config)
     check_stop("after loading the data")
     with Store(exp, workdir, log) as store:
         check_stop("after opening the workdir")
         cfg = exp.config
-        runner = Runner(exp, int(cfg.runtime.devices), data_parallel=bool(cfg.runtime.data_parallel))
+        runner = Runner(exp, int(cfg.runtime.devices), data_parallel=bool(cfg.runtime.data_parallel),
+                        matmul_precision=str(cfg.runtime.matmul_precision))
         log(f"lth_jax: {cfg.model.name} on {exp.dataset_info.name} ({exp.dataset_info.source}), "
             f"{cfg.trials} trial(s), levels 0..{cfg.prune.levels}, {cfg.train.iterations} iterations, "
             f"variants {', '.join(exp.variants)}; {len(runner.devices)} "
             f"{runner.devices[0].platform} device(s), runs batched by {runner.batching}"
-            f"{', each batch split over the devices' if runner.data_parallel else ''}; "
+            f"{', each batch split over the devices' if runner.data_parallel else ''}"
+            f"{f' in {processes.count()} processes' if processes.count() > 1 else ''}; "
             f"workdir {workdir}")
         done = [level for level in range(int(cfg.prune.levels) + 1) if store.is_finished(level)]
         if done:

@@ -71,10 +71,16 @@ def cpu_device_flags() -> None:
     os.environ["XLA_FLAGS"] = " ".join([flags_env] + extra).strip()
 
 
-def _fail(message: str) -> None:
-    """One line on stderr, exit status 2."""
-    print(f"lth_jax: error: {' '.join(message.split())}", file=sys.stderr)
-    sys.exit(2)
+def _fail(message: str, status: int = 2) -> None:
+    """One line on stderr, exit status 2. With several processes the others are told (they stop
+    with this line) and this one exits at once (``processes.fail``)."""
+    line = f"lth_jax: error: {' '.join(message.split())}"
+    if "lth_jax.processes" in sys.modules:
+        from lth_jax import processes
+        if processes.initialized():
+            processes.fail(f"{line} (process {processes.index()})", status)
+    print(line, file=sys.stderr)
+    sys.exit(status)
 
 
 def _stopped(workdir: str, signum: int, where: str) -> None:
@@ -109,10 +115,14 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     _stopped_yet(workdir)
     if config.runtime.distributed:
-        import jax
-        # Multi-host: coordinator address, process count and id come from the environment
-        # (e.g. on Cloud TPU or SLURM); every host runs the same command.
-        jax.distributed.initialize()
+        # Several processes: every host runs this same command. The config is checked first, so
+        # that a bad value stops every process at once instead of leaving the others waiting.
+        from lth_jax import processes
+        try:
+            config_lib.validate(config)
+        except config_lib.ConfigError as e:
+            _fail(str(e))
+        processes.initialize(config.runtime)
     try:
         lottery.run(config, workdir, log=lambda line: print(line, flush=True),
                     stop=_stop_requested)
@@ -120,8 +130,20 @@ def main(argv):
         _fail(str(e))
     except lottery.Stopped as e:
         _stopped(workdir, e.signum, str(e))
+    except Exception as e:  # with several processes, a crash must not leave the others waiting
+        if config.runtime.distributed:
+            import traceback
+            # A collective fails when another process dies: the watchdog then says which.
+            processes.wait_for_watchdog()
+            traceback.print_exc()
+            _fail(f"crashed: {type(e).__name__}: {e}", 1)
+        raise
     if _stop_requested():  # the experiment is complete: only the report is left out
         _stopped(workdir, _stop_requested(), "stopped after the last level, before the report,")
+    if config.runtime.distributed:
+        from lth_jax import processes
+        if not processes.is_primary():  # process 0 writes the report
+            return
     if _REPORT.value:
         from lth_jax import report
         report.write_report(workdir)
@@ -176,7 +198,15 @@ CONFIG_HELP: dict[str, str] = {
     "controls.random_prune": "also train a random mask with the ticket's per-layer counts",
     "runtime.devices": "devices to use (0 = all)",
     "runtime.data_parallel": "split each batch over the devices (one large run, e.g. VGG-19)",
-    "runtime.distributed": "multi-host: call jax.distributed.initialize() first",
+    "runtime.distributed": "several processes (hosts): jax.distributed.initialize() first",
+    "runtime.coordinator_address": "'host:port' of process 0 (runtime.distributed; '' = JAX "
+                                   "detects it: Cloud TPU, SLURM, ...)",
+    "runtime.num_processes": "number of processes (runtime.distributed; 0 = JAX detects it)",
+    "runtime.process_id": "this process's index (runtime.distributed; -1 = JAX detects it)",
+    "runtime.process_timeout_seconds": "a process silent this long (dead, host down) stops the "
+                                       "others with one line",
+    "runtime.matmul_precision": "auto (highest on CPU; default on GPU/TPU: TF32 / bfloat16 "
+                                "passes) | default | high | highest",
     "runtime.checkpoint_minutes": "checkpoint within a level this often (0 = at level ends only)",
     "runtime.chunk_seconds": "training time between two checks for a stop (Ctrl-C, SIGTERM)",
     "runtime.progress_seconds": "at most one progress line per this many seconds",

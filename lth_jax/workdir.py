@@ -244,28 +244,40 @@ def _checkpointer():
     return ocp.PyTreeCheckpointer()
 
 
-def write_checkpoint(workdir: str, name: str, tree: PyTree, meta: Mapping) -> None:
+def write_checkpoint(workdir: str, name: str, tree: PyTree, meta: Mapping, *,
+                     primary: bool = True, sync: Callable[[str], None] = lambda what: None) -> None:
     """Write ``tree`` (numpy arrays) as ``checkpoints/name`` with ``meta`` and the tree's digest
     in ``lth_jax.json``; committed by one rename, so a reader sees the old checkpoint or the new
-    one, whole. Raises OSError (e.g. ENOSPC) with nothing half-written left under ``name``."""
+    one, whole. Raises OSError (e.g. ENOSPC) with nothing half-written left under ``name``.
+
+    With several processes every one calls this with the same tree: orbax's save is collective
+    (process 0 writes replicated arrays), the folder operations are done by the ``primary``
+    process, and ``sync(what)`` (a barrier) orders them.
+    """
     import numpy as np
 
     tree = _map(np.asarray, tree)  # 0-d arrays, not numpy scalars (orbax returns those as floats)
     final = checkpoint_path(workdir, name)
     staging, old = final + ".staging", final + ".old"
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    shutil.rmtree(staging, ignore_errors=True)
+    if primary:
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+    sync(f"{name} staging")
     try:
         _checkpointer().save(staging, tree)
-        write_json_atomically(os.path.join(staging, META),
-                              {**meta, "digest": digest(tree), "format": FORMAT})
-        if os.path.exists(final):
-            os.replace(final, old)
-        os.replace(staging, final)
+        if primary:
+            write_json_atomically(os.path.join(staging, META),
+                                  {**meta, "digest": digest(tree), "format": FORMAT})
+            if os.path.exists(final):
+                os.replace(final, old)
+            os.replace(staging, final)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if primary:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    if primary:
+        shutil.rmtree(old, ignore_errors=True)
+    sync(f"{name} committed")
 
 
 def checkpoint_meta(workdir: str, name: str) -> dict | None:

@@ -59,7 +59,7 @@ def _no_cli_left_running():
 class Cli:
     """The CLI in a subprocess, stdout and stderr going to files (polled, never blocking)."""
 
-    def __init__(self, workdir, *flags, tag="run"):
+    def __init__(self, workdir, *flags, tag="run", env=None):
         self.out_path = f"{workdir}.{tag}.out"
         self.err_path = f"{workdir}.{tag}.err"
         self._out = open(self.out_path, "w")
@@ -67,7 +67,7 @@ class Cli:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lth_jax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
              "--report=false", *flags],
-            cwd=REPO, env=cli_env(), stdout=self._out, stderr=self._err)
+            cwd=REPO, env=env or cli_env(), stdout=self._out, stderr=self._err)
         _STARTED.append(self)
 
     @property
