@@ -7,22 +7,27 @@ a while loop (``lax.scan``, ``lax.map``) they stay and run through its naive con
 slower for Conv-2 (``../shared/notes/conv-on-xla-cpu.md``). A whole training run here is one scanned
 program, so every gradient convolution sits in a loop.
 
-:func:`canonical_conv_general_dilated` is ``lax.conv_general_dilated`` with a custom VJP made only of
-canonical forward convolutions (NHWC input, HWIO kernel, NHWC output, stride 1, no dilation) plus
-transposes, pads and flips, which XLA:CPU runs in its fast library wherever they sit. For a forward
-convolution ``y = x ⋆ w`` with strides ``s``, padding ``(p_lo, p_hi)`` and kernel size ``k`` per
-spatial axis:
+:func:`canonical_conv_general_dilated` is ``lax.conv_general_dilated`` with a custom VJP made of
+matrix products over im2col patches (``k_h·k_w`` strided slices concatenated) plus pads, flips and
+reshapes, which XLA:CPU runs in its fast matmul code wherever they sit; the forward pass stays a
+canonical convolution (NHWC input, HWIO kernel, NHWC output), which XLA:CPU also runs fast in
+loops. For ``y = x ⋆ w`` with strides ``s``, padding ``(p_lo, p_hi)`` and kernel size ``k`` per
+spatial axis, and ``P(a, s)`` the patches of ``a`` at stride ``s`` (rows ordered as the HWIO
+kernel's ``(k_h, k_w, C)``):
 
-* input gradient: ``dx = pad(dilate_s(dy), (k-1-p_lo, H+p_lo-(H_out-1)·s-1)) ⋆ flip(w)ᵀ`` where
-  ``dilate_s`` puts ``s-1`` zeros between the elements of ``dy`` (interior padding), ``flip`` reverses
-  the spatial axes and ``ᵀ`` swaps the kernel's in and out channels;
-* kernel gradient: ``dw = (pad(x, (p_lo, k+(H_out-1)·s-H-p_lo)) as (C_in, H, W, N)) ⋆ (dilate_s(dy)
-  as (H, W, N, C_out))`` — a convolution with the batch and channel roles swapped, whose output
-  ``(C_in, k_h, k_w, C_out)`` is transposed back to HWIO.
+* input gradient: ``dx = P(pad(dilate_s(dy), (k-1-p_lo, H+p_lo-(H_out-1)·s-1)), 1) · flip(w)ᵀ``
+  where ``dilate_s`` puts ``s-1`` zeros between the elements of ``dy`` (interior padding), ``flip``
+  reverses the spatial axes and ``ᵀ`` swaps the kernel's in and out channels;
+* kernel gradient: ``dw = P(pad(x, (p_lo, k+(H_out-1)·s-H-p_lo)), s)ᵀ · dy`` over all batch and
+  output positions, whose ``(k_h·k_w·C_in, C_out)`` result is the HWIO kernel.
 
-Both equal ``jax.grad`` of ``lax.conv_general_dilated`` up to float32 reassociation (tested). A strided
-layer's gradients cost ``s²`` times the FLOPs of the output gradient's zeros; only ResNet-20's two
-downsampling blocks (and their 1×1 shortcuts) have strides.
+Why not convolutions for the gradients too: the kernel gradient written as one (batch and channel
+roles swapped, a 32×32 "kernel" for Conv-2) ran at ~3 GFLOP/s on this project's CPU, the patches
+product at ~40 (BUILD_NOTES.md). Both equal ``jax.grad`` of ``lax.conv_general_dilated`` up to
+float32 reassociation (tested). A strided layer's input gradient pays for the zeros of the dilated
+``dy`` (``s²`` times its FLOPs); only ResNet-20's two downsampling blocks (and their 1×1
+shortcuts) have strides. The patches take ``k_h·k_w`` times the memory of their input, transiently:
+the backward pass only runs at the training batch size.
 
 The implementation is chosen per model with ``conv = "auto" | "xla" | "canonical_vjp"`` (see
 :func:`resolve`): "auto" is "canonical_vjp" on CPUs and "xla" (cuDNN's own kernels, no custom VJP) on
@@ -133,29 +138,39 @@ def _dilate_and_pad(a: jax.Array, strides, edges) -> jax.Array:
     return lax.pad(a, jnp.zeros((), a.dtype), config)
 
 
+def _patches(a: jax.Array, kernel, strides, out) -> jax.Array:
+    """im2col: ``(N, H_out, W_out, k_h·k_w·C)`` from the ``k_h·k_w`` strided windows of the padded
+    ``a`` (``(N, H, W, C)``), ordered as an HWIO kernel's ``(k_h, k_w, C)`` rows."""
+    (k_h, k_w), (s_h, s_w), (o_h, o_w) = kernel, strides, out
+    windows = [a[:, i:i + (o_h - 1) * s_h + 1:s_h, j:j + (o_w - 1) * s_w + 1:s_w, :]
+               for i in range(k_h) for j in range(k_w)]
+    return jnp.concatenate(windows, axis=-1)
+
+
 def _conv_bwd(strides, pads, precision, residuals, dy):
     x, w = residuals
     spatial_in, kernel, spatial_out = x.shape[1:3], w.shape[:2], dy.shape[1:3]
+    c_in, c_out = w.shape[2:]
     # Length of dy once dilated by the strides: (H_out - 1)·s + 1 per spatial axis.
     dilated = [(o - 1) * s + 1 for o, s in zip(spatial_out, strides)]
+    # Both gradients are single matmuls over im2col patches (k_h·k_w strided slices): on XLA:CPU
+    # that runs at ~40 GFLOP/s a core inside loops, where a convolution with the batch and channel
+    # roles swapped (the kernel gradient's natural form: a 32×32 "kernel" for Conv-2) ran at ~3.
 
     # Input gradient: full correlation of the dilated output gradient with the flipped kernel,
     # channels swapped (HWIO with I = C_out, O = C_in), cropped/padded to the input's size.
     edges = [(k - 1 - lo, n + lo - d) for n, k, (lo, _), d in zip(spatial_in, kernel, pads, dilated)]
     dy_padded = _dilate_and_pad(dy, strides, edges)
-    w_flipped = jnp.swapaxes(w[::-1, ::-1], 2, 3)
-    dx = lax.conv_general_dilated(dy_padded, w_flipped, (1, 1), "VALID", dimension_numbers=_NHWC,
-                                  precision=precision)
+    w_flipped = jnp.swapaxes(w[::-1, ::-1], 2, 3).reshape(-1, c_in)
+    dx = jnp.matmul(_patches(dy_padded, kernel, (1, 1), spatial_in), w_flipped, precision=precision)
 
-    # Kernel gradient: batch and channel roles swapped. x as (C_in, H, W, N) is the input, the dilated
-    # dy as (H, W, N, C_out) the kernel; the output (C_in, k_h, k_w, C_out) is transposed to HWIO.
+    # Kernel gradient: Σ over batch and output positions of (input window) ⊗ (output gradient),
+    # i.e. patchesᵀ · dy, whose rows are already the HWIO kernel's (k_h, k_w, C_in).
     x_edges = [(lo, k + d - 1 - n - lo) for n, k, (lo, _), d in zip(spatial_in, kernel, pads, dilated)]
-    x_padded = _dilate_and_pad(x, (1, 1), x_edges)
-    dy_dilated = _dilate_and_pad(dy, strides, [(0, 0), (0, 0)])
-    dw = lax.conv_general_dilated(jnp.transpose(x_padded, (3, 1, 2, 0)),
-                                  jnp.transpose(dy_dilated, (1, 2, 0, 3)), (1, 1), "VALID",
-                                  dimension_numbers=_NHWC, precision=precision)
-    return dx.astype(x.dtype), jnp.transpose(dw, (1, 2, 0, 3)).astype(w.dtype)
+    x_patches = _patches(_dilate_and_pad(x, (1, 1), x_edges), kernel, strides, spatial_out)
+    dw = jnp.matmul(x_patches.reshape(-1, x_patches.shape[-1]).T, dy.reshape(-1, c_out),
+                    precision=precision)
+    return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
