@@ -822,7 +822,8 @@ def _main(argv: Sequence[str]) -> None:
     try:
         path, rows = _write_report(FLAGS.workdir, curve_levels=levels, plots=FLAGS.plots)
     except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"lth_jax.report: error: {e}")
+        print(f"lth_jax.report: error: {e}", file=sys.stderr)
+        sys.exit(2)
     print(path)
     print(format_table(rows) if rows else "(no results yet)")
 

@@ -244,7 +244,8 @@ def is_nm(mask: PyTree, n: int, m: int, prunable: PyTree | None = None, *,
     alive weights: the mask is usable by N:M hardware.
 
     ``prunable`` selects the leaves (default ``pruning.prunable(mask)``: the Dense/Conv kernels;
-    nonzero = selected, may be traced). A Python bool on concrete values, a bool array under jit.
+    nonzero = selected, may be traced: then a selected leaf of fewer than 2 dims, which has no
+    input axis, makes the result False). A Python bool on concrete values, a bool array under jit.
     """
     _check_nm(n, m, partial)
     selection = masks_lib._selection(mask, pruning.prunable(mask) if prunable is None else prunable)
@@ -253,6 +254,9 @@ def is_nm(mask: PyTree, n: int, m: int, prunable: PyTree | None = None, *,
         if use is False:
             continue
         if jnp.ndim(mk) < 2:
+            if use is not True:  # a traced selection: such a leaf passes only when unselected
+                results.append(~use)
+                continue
             raise ValueError(f"is_nm: selected leaf '{path}' has shape {jnp.shape(mk)}, no input axis")
         a = jnp.moveaxis(mk, -2, -1)
         pad = (-a.shape[-1]) % m

@@ -128,12 +128,23 @@ def read_config(workdir: str) -> dict | None:
 
 def write_json_atomically(path: str, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` by a rename: readers see the old file or the new one."""
+    _write_atomically(path, lambda f: json.dump(data, f, indent=2, sort_keys=True))
+
+
+def _write_atomically(path: str, write: Callable[[Any], Any]) -> None:
+    """``write(file)`` into ``path.tmp``, synced, then renamed to ``path``; on any failure (a full
+    disk) the temporary file is removed and ``path`` is left as it was."""
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 # ----------------------------------------------------------------------------- records
@@ -187,13 +198,8 @@ _FIX = ("remove that line (a rerun restores a finished level's records from its 
 
 def write_records(workdir: str, records: Sequence[dict]) -> None:
     """Replace ``results.jsonl`` by ``records`` atomically (a rename)."""
-    path = os.path.join(workdir, RESULTS)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, allow_nan=False) + "\n" for r in records)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _write_atomically(os.path.join(workdir, RESULTS), lambda f: f.writelines(
+        json.dumps(r, allow_nan=False) + "\n" for r in records))
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -220,6 +220,7 @@ def test_every_public_function_under_jit():
         "pruning.random_like": (pruning.random_like, (key, mask), ()),
         "pruning.per_round_rate": (pruning.per_round_rate, (0.9, 10), ()),
         "pruning.compound_rate": (pruning.compound_rate, (0.2, 3), ()),
+        "pruning.num_to_remove": (pruning.num_to_remove, (0.2, masks.count(mask, prunable)), ()),
         "tickets.rewind": (tickets.rewind, (params, mask), ()),
         "tickets.reinit": (tickets.reinit, (init_fn, key, mask), (0,)),
     }

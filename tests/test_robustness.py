@@ -583,7 +583,7 @@ def test_disk_space_is_checked_before_a_level_and_a_full_disk_leaves_nothing(ref
 
     real = workdir_lib.write_checkpoint
 
-    def full_disk(workdir_, name, tree, meta):
+    def full_disk(workdir_, name, tree, meta, **how):
         if name == "level_001":
             staging = workdir_lib.checkpoint_path(workdir_, name) + ".staging"
             os.makedirs(staging)  # what orbax had written so far
@@ -591,7 +591,7 @@ def test_disk_space_is_checked_before_a_level_and_a_full_disk_leaves_nothing(ref
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             finally:
                 shutil.rmtree(staging)  # (write_checkpoint's own cleanup)
-        return real(workdir_, name, tree, meta)
+        return real(workdir_, name, tree, meta, **how)
 
     monkeypatch.setattr(workdir_lib, "write_checkpoint", full_disk)
     with pytest.raises(lottery.ExperimentError) as info:

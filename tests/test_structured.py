@@ -184,6 +184,12 @@ def test_nm_jit_and_vmap():
     assert_tree_equal(zero, mks[0])
     for i, n in enumerate((1, 2, 3)):
         assert bool(jax.jit(lambda mk: structured.is_nm(mk, n, 4))(jax.tree.map(lambda x: x[i], got)))
+    # prunable traced too (the bias leaf then unselected at run time, not skipped at trace time)
+    one = jax.tree.map(lambda x: x[0], got)
+    selection = pruning.prunable(one)
+    traced = jax.jit(lambda mk, sel: structured.is_nm(mk, 1, 4, sel))
+    assert bool(traced(one, selection)) and not bool(traced(mks[0], selection))
+    assert not bool(traced(one, jax.tree.map(lambda _: True, selection)))  # a selected bias: no
 
 
 # ----------------------------------------------------------------------------- links
