@@ -147,3 +147,30 @@ def test_device_memory_check_of_accelerators_uses_their_free_bytes():
         lottery.Runner._check_memory(12 * 2**30 + 2**29, [gpu], "XLA's estimate")
     silent = types.SimpleNamespace(platform="tpu", memory_stats=lambda: None)
     lottery.Runner._check_memory(2**60, [silent], "XLA's estimate")  # no figures: not checked
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("runtime.coordinator_address", "localhost", "must be 'host:port', got 'localhost'"),
+    ("runtime.num_processes", -1, "must be >= 0, got -1"),
+    ("runtime.process_id", 2, "2 must be < runtime.num_processes=2"),
+    ("runtime.process_timeout_seconds", 0.0, "must be > 0, got 0.0"),
+    ("runtime.matmul_precision", "bf16", "bf16"),
+])
+def test_process_fields_are_validated(field, value, message):
+    from conftest import set_field, tiny_config
+    from lth_jax import config as config_lib
+    c = tiny_config(runtime__distributed=True, runtime__num_processes=2)
+    set_field(c, field, value)
+    with pytest.raises(config_lib.ConfigError, match=f"config.{field}: .*" + message.replace(
+            "(", r"\(").replace(")", r"\)")):
+        config_lib.validate(c)
+
+
+def test_process_fields_need_distributed():
+    from conftest import tiny_config
+    from lth_jax import config as config_lib
+    with pytest.raises(config_lib.ConfigError, match="config.runtime.distributed: must be True"):
+        config_lib.validate(tiny_config(runtime__coordinator_address="localhost:1234"))
+    config_lib.validate(tiny_config(runtime__distributed=True,
+                                    runtime__coordinator_address="10.0.0.1:1234",
+                                    runtime__num_processes=4, runtime__process_id=3))

@@ -613,3 +613,31 @@ def test_early_bird_with_magnitude_masks_of_a_training_network():
         state = update(state, q)
     assert bool(state.found) and int(state.found_at) == 2 + scores.EARLY_BIRD_WINDOW
     assert_tree_equal(state.ticket, scores.magnitude(p, masks.ones_like(p), 0.2, prunable))
+
+
+def test_score_pieces_under_jit_equal_eager_with_prunable_traced():
+    """The README's scores.* rows not covered above, each under jax.jit against its eager value:
+    the two density helpers, the raw SNIP and GraSP scores, and the three methods with their
+    ``prunable`` passed as a traced argument."""
+    shapes = {"Dense_0": {"kernel": (5, 4), "bias": (4,)}, "Dense_1": {"kernel": (4, 3), "bias": (3,)}}
+    params = make_params(50, shapes)
+    mask = random_mask(51, params)
+    prunable = pruning.prunable(params)
+    batches = (jnp.asarray(XB), jnp.asarray(YB))
+    rates = pruning.rates_by_rule(params, [(r".*kernel", 0.2)])
+    cases = {
+        "densities_like": (scores.densities_like, (mask,)),
+        "densities_from_rates": (lambda r: scores.densities_from_rates(r, 3), (rates,)),
+        "snip_scores": (lambda p, m: scores.snip_scores(mlp_loss, p, m, batches), (params, mask)),
+        "grasp_scores": (lambda p, m, u: scores.grasp_scores(mlp_loss, p, m, batches, u),
+                         (params, mask, prunable)),
+        "snip(prunable traced)": (lambda p, m, u: scores.snip(mlp_loss, p, m, batches, 0.3, u),
+                                  (params, mask, prunable)),
+        "grasp(prunable traced)": (lambda p, m, u: scores.grasp(mlp_loss, p, m, batches, 0.3, u),
+                                   (params, mask, prunable)),
+    }
+    for name, (fn, args) in cases.items():
+        eager, jitted = fn(*args), jax.jit(fn)(*args)
+        for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(eager)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7,
+                                       err_msg=name)

@@ -343,6 +343,10 @@ def test_neuron_jit_vmap_traced_rates():
     # A traced zero rate removes nothing.
     zero = neuron_magnitude(params[0], mks[0], kernel_rates(params[0], 0.0))
     assert_tree_equal(zero, mks[0])
+    # alive_units under jit (links are static: sequential_links reads only the tree's paths)
+    jitted = jax.jit(structured.alive_units)(mks[0])
+    eager = structured.alive_units(mks[0])
+    assert set(jitted) == set(eager) and all(np.array_equal(jitted[k], eager[k]) for k in eager)
 
 
 # ----------------------------------------------------------------------------- compaction
