@@ -961,19 +961,19 @@ class LevelTrainer:
             self.rate = len(order) * every * count / max(elapsed, 1e-9)
             count = max(1, int(self.chunk_seconds / max(elapsed / count, 1e-9)))
             now = time.monotonic()
-            stopping = self.check_stop(None, raise_=False) if not training.done else 0
             # Every process must train and checkpoint alike: the clock-driven choices are agreed
             # (the shortest next chunk; report, save or stop if any process would).
-            neg_count, say, save = processes.agree_max([
-                -count, now - said_at >= self.progress_seconds or training.done,
-                bool(self.checkpoint_seconds) and (bool(stopping)
-                                                   or now - saved_at >= self.checkpoint_seconds)])
+            neg_count, say = processes.agree_max(
+                [-count, now - said_at >= self.progress_seconds or training.done])
             count = -neg_count
             if say:
                 self._progress(level, training, start, len(order))
                 said_at = now
             if training.done:
                 break
+            stopping = self.check_stop(None, raise_=False)  # (after the progress line it follows)
+            save = processes.agree_max([bool(self.checkpoint_seconds) and (
+                bool(stopping) or now - saved_at >= self.checkpoint_seconds)])[0]
             if save:
                 self.store.save_progress(level, training.snapshot(),
                                          {"inputs": inputs, "seconds": seconds,
