@@ -13,7 +13,7 @@ import socket
 
 import pytest
 
-from clitools import Cli, check_results_file, cli_env, results_text, run_cli, strip_timing
+from clitools import Cli, check_results_file, cli_env, results_text, run_cli
 from conftest import cli_flags
 from lth_jax import processes
 
