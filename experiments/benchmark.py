@@ -85,7 +85,9 @@ def child(spec: dict) -> dict:
     c.train.eval_batch_size = 2500 if spec["paper_eval"] else 8
     c.prune.levels = 0
     exp = lottery.setup(c)
-    runner = lottery.Runner(exp, 0, "auto")
+    slices = spec.get("slice_iterations", 0)
+    runner = lottery.Runner(exp, 0, "auto",
+                            slice_iterations=c.train.eval_every if slices < 0 else slices)
     runs = spec["runs"]
     keys = jnp.stack([lottery.trial_key(0, t, lottery.INIT) for t in range(runs)])
     variables = jax.jit(jax.vmap(exp.init_variables))(keys)
@@ -208,6 +210,9 @@ def main():
                         help="timed calls after the compiling one (LeNet; conv rows time one)")
     parser.add_argument("--notorch", action="store_true", help="skip the PyTorch columns")
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
+    parser.add_argument("--slice_iterations", default="0",
+                        help="comma-separated runtime.slice_iterations values, each row run with "
+                        "each in turn (0 = auto, -1 = one slice per evaluation period)")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "matmul":
@@ -229,28 +234,33 @@ def main():
     matmul, _, _ = _subprocess([sys.executable, __file__, "--child=matmul"])
     matmul = matmul["matmul_gflops"] if matmul else float("nan")
     print(f"platform {platform}, {ncpu} cores; 2048x2048 float32 matmul: {matmul:.1f} GFLOP/s")
-    print(f"{'case':<18} {'runs':>4} {'iters':>5} {'model-steps/s':>13} {'GFLOP/s':>8} "
+    print(f"{'case':<26} {'runs':>4} {'iters':>5} {'model-steps/s':>13} {'GFLOP/s':>8} "
           f"{'% matmul':>8} {'compile s':>9} {'peak MB':>8} {'torch steps/s':>13} {'× torch':>7}")
     rows = []
-    for name, config, batch, iterations, paper_eval in NETWORKS:
+    slicings = [int(v) for v in args.slice_iterations.split(",")]
+    for (name, config, batch, iterations, paper_eval), slices in (
+            (n, s) for n in NETWORKS for s in slicings):
         if not selected(name):
             continue
+        if len(slicings) > 1:
+            name = f"{name} /{'period' if slices < 0 else slices or 'auto'}"
         lenet = name.startswith("lenet")
         iters = args.iterations or iterations[platform != "cpu"]
         runs = args.runs if lenet else (ncpu if platform == "cpu" else 1)
         spec = dict(config=config, batch=batch, iterations=iters, runs=runs,
-                    paper_eval=paper_eval, repeats=args.repeats if lenet else 1)
+                    paper_eval=paper_eval, repeats=args.repeats if lenet else 1,
+                    slice_iterations=slices)
         env = dict(os.environ)
         if platform == "cpu":  # as the CLI sets it: one single-threaded device per core
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_"
                                 f"count={ncpu} {CPU_SINGLE_THREAD}").strip()
         r, _, err = _subprocess([sys.executable, __file__, "--child", json.dumps(spec)], env=env)
         if r is None:
-            print(f"{name:<18} FAILED: {err}")
+            print(f"{name:<26} FAILED: {err}")
             continue
         r |= {"case": name, "runs": runs, "iterations": iters, "batch": batch,
               "matmul_gflops": matmul}
-        if use_torch and not name.endswith("train-only"):
+        if use_torch and "train-only" not in name and slices == slicings[0]:
             model = load_config(config).model.name
             shape = (28, 28, 1) if lenet else (32, 32, 3)
             t = torch_row(model, batch, max(8, min(iters, 200 if lenet else 23)), ncpu, shape)
@@ -260,7 +270,7 @@ def main():
         torch_rate = r.get("torch_steps_per_s")
         versus = (f"{r['model_steps_per_s'] / torch_rate:>7.2f}" if torch_rate else f"{'-':>7}")
         torch_text = f"{torch_rate:>13.2f}" if torch_rate else f"{'-':>13}"
-        print(f"{name:<18} {runs:>4} {iters:>5} {r['model_steps_per_s']:>13.2f} "
+        print(f"{name:<26} {runs:>4} {iters:>5} {r['model_steps_per_s']:>13.2f} "
               f"{r['achieved_gflops']:>8.1f} {100 * r['achieved_gflops'] / matmul:>7.0f}% "
               f"{r['compile_s']:>9.1f} {peak:>8.0f} {torch_text} {versus}", flush=True)
     if selected("e2e"):

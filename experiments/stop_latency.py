@@ -1,13 +1,15 @@
 """How long Ctrl-C takes to stop a paper config's training on this machine.
 
     python experiments/stop_latency.py                       # lenet300_100 and conv2
-    python experiments/stop_latency.py --configs=conv4,conv6 --tries=2
+    python experiments/stop_latency.py --configs=conv6,vgg19 --tries=2 --trials=1
 
-For each config: the CLI (1 trial, dense level only, synthetic data of the dataset's shape,
-a progress line after every chunk) is started; after its second progress line (training is
-running, the chunk length has adapted to runtime.chunk_seconds) SIGINT is sent, and the seconds
-until the process has exited are measured, with its exit status and how far training had come.
-A chunk is at least one evaluation period, so a stop waits for the current period to finish.
+For each config: the CLI (the config's trials unless --trials, dense level only, synthetic data of
+the dataset's shape, a progress line after every chunk) is started; after its second progress line
+(training is running, the chunk length has adapted to runtime.chunk_seconds) SIGINT is sent, and
+the seconds until the process has exited are measured, with its exit status and its last line.
+A chunk is whole slices of runtime.slice_iterations steps (auto: 10); a stop waits for the chunk
+in flight to save its progress, but at most lottery.STOP_WAIT_SECONDS (8 s): a longer chunk (an
+evaluation of a big network, several runs on a device) is given up, and the last checkpoint stands.
 """
 
 import argparse
@@ -23,13 +25,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def one_try(config: str, extra: list[str]) -> dict:
+    """Start the CLI, SIGINT it after its second progress line; the seconds until it exited."""
     with tempfile.TemporaryDirectory(prefix="lth_jax_stop_") as workdir:
         out_path = os.path.join(workdir, "out")
         with open(out_path, "w") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "lth_jax.main", f"--config=configs/{config}.py",
-                 f"--workdir={workdir}/run", "--noreport", "--config.trials=1",
-                 "--config.prune.levels=0", "--config.dataset.source=synthetic",
+                 f"--workdir={workdir}/run", "--noreport", "--config.prune.levels=0", "--config.dataset.source=synthetic",
                  "--config.runtime.progress_seconds=0", *extra],
                 cwd=ROOT, stdout=out, stderr=subprocess.PIPE, text=True)
             chunk_lines = []
@@ -50,10 +52,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", default="lenet300_100,conv2")
     parser.add_argument("--tries", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=0, help="override the config's trials")
     args = parser.parse_args()
     for config in args.configs.split(","):
         extra = (["--config.dataset.train_size=10000", "--config.dataset.validation_size=5000",
-                  "--config.dataset.test_size=10000"])
+                  "--config.dataset.test_size=10000"]
+                 + ([f"--config.trials={args.trials}"] if args.trials else []))
         tries = [one_try(config, extra) for _ in range(args.tries)]
         stops = [t["stop_s"] for t in tries]
         print(f"{config}: stop took {statistics.median(stops):.1f} s median "

@@ -339,6 +339,7 @@ class Finder:
 
         states = [scores.early_bird_init(masks_lib.ones_like(params)) for _ in allocations]
         densities = [a.density for a in allocations]
+        # exp.trainer's slice is a whole evaluation period: the chunk counts periods here.
         periods, period, fed = train_lib.num_periods(trainer, 0), 0, []
         while period < periods:
             count = min(int(o.early_bird_every), periods - period)

@@ -19,7 +19,9 @@ Every ``configs/*.py`` starts from ``base_config()`` and sets the paper's values
   ``coordinator_address``, ``num_processes``, ``process_id`` and ``process_timeout_seconds`` for
   several processes), ``matmul_precision`` (auto | default | high | highest),
   ``checkpoint_minutes`` (intra-level checkpoints; 0 = at level ends only), ``chunk_seconds``
-  (training time between two stop checks), ``progress_seconds`` (between two progress lines).
+  (training time between two stop checks), ``slice_iterations`` (a chunk is whole slices of this
+  many steps, a divisor of ``eval_every``; 0 = automatic, up to 10), ``progress_seconds``
+  (between two progress lines).
   These change how, not what, is computed: a workdir may be resumed with other values.
 """
 
@@ -109,6 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.runtime.matmul_precision = "auto"  # auto (highest on CPU, default on GPU/TPU) | default | high | highest
     c.runtime.checkpoint_minutes = 10.0  # intra-level checkpoint every this often (0 = level ends only)
     c.runtime.chunk_seconds = 4.0     # each chunk of a level trains about this long: a stop waits for it
+    c.runtime.slice_iterations = 0    # a chunk is whole slices of this many steps (0 = auto)
     c.runtime.progress_seconds = 30.0  # at most one progress line per this many seconds
     return c
 
@@ -297,6 +300,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail("runtime.checkpoint_minutes", f"must be >= 0, got {c.runtime.checkpoint_minutes}")
     if not _number(c, "runtime.chunk_seconds") > 0:
         _fail("runtime.chunk_seconds", f"must be > 0, got {c.runtime.chunk_seconds}")
+    slice_iterations = _int_at_least(c, "runtime.slice_iterations", 0)
+    if slice_iterations and eval_every % slice_iterations:
+        _fail("runtime.slice_iterations",
+              f"{slice_iterations} does not divide train.eval_every={eval_every}")
     if not _number(c, "runtime.progress_seconds") >= 0:
         _fail("runtime.progress_seconds", f"must be >= 0, got {c.runtime.progress_seconds}")
     _choice(c, "runtime.matmul_precision", MATMUL_PRECISIONS)

@@ -52,6 +52,20 @@ RESULTS = workdir_lib.RESULTS
 CONFIG = workdir_lib.CONFIG
 # Fields of a record that measure the machine rather than the experiment (differ between reruns).
 TIMING_FIELDS = ("train_seconds",)
+#: The longest slice ``runtime.slice_iterations = 0`` picks (the largest divisor of eval_every up
+#: to this): 10 steps of all runs on a device is a few seconds for the paper's conv nets on a CPU.
+AUTO_SLICE = 10
+#: On a CPU the automatic slice is also at most this long, estimated at CPU_FLOPS_ESTIMATE per
+#: device (Conv-2 trains at ~33 GFLOP/s a core here): Conv-2's 15.5 GFLOP step, 3 runs a device,
+#: gets slices of one step, LeNet's 72 MFLOP keeps 10.
+AUTO_SLICE_SECONDS = 2.0
+CPU_FLOPS_ESTIMATE = 25e9
+#: The layout of an intra-level checkpoint's RunState (part of its inputs digest): 2 = with the
+#: period's training loss so far (``RunState.period_loss``), which slices need.
+PROGRESS_LAYOUT = 2
+#: A stop waits this long for the chunk in flight (to save its progress), then gives it up:
+#: twice runtime.chunk_seconds' default, so that an ordinary chunk finishes and is saved.
+STOP_WAIT_SECONDS = 8.0
 
 #: The workdir or a checkpoint cannot be used for this experiment (one-line message).
 ExperimentError = workdir_lib.WorkdirError
@@ -61,11 +75,14 @@ class Stopped(Exception):
     """The run stopped at a safe point because a stop was asked for (SIGINT/SIGTERM in ``main``).
 
     ``signum`` is the signal; the message says where the run stopped and what is saved.
+    ``abandoned``: a chunk of training was still running on the devices and was given up (its
+    work is lost; the last intra-level checkpoint stands): the process should end at once
+    (``os._exit``), without waiting for it.
     """
 
-    def __init__(self, signum: int, message: str):
+    def __init__(self, signum: int, message: str, abandoned: bool = False):
         super().__init__(message)
-        self.signum = signum
+        self.signum, self.abandoned = signum, abandoned
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> dict:
@@ -230,10 +247,12 @@ class _Program(NamedTuple):
     sharding: NamedSharding   # of every per-run argument
     data: train_lib.DeviceData
     per: int                  # the run axis is padded to a multiple of this
+    trainer: train_lib.Trainer  # the experiment's, with this runner's slices
 
 
 class Runner:
-    """Trains the runs of a level on the devices, in chunks of evaluation periods.
+    """Trains the runs of a level on the devices, in chunks of slices of ``slice_iterations``
+    steps (a divisor of ``eval_every``; 0 = automatic, ``_auto_slice``).
 
     A level with R runs uses ``d = min(R, devices)`` devices; the run axis is padded (repeating the
     last run) to a multiple of d and the padding is dropped from what comes back. Each device trains
@@ -245,7 +264,8 @@ class Runner:
     """
 
     def __init__(self, exp: Experiment, num_devices: int = 0, batching: str = "auto",
-                 data_parallel: bool = False, matmul_precision: str = "auto"):
+                 data_parallel: bool = False, matmul_precision: str = "auto",
+                 slice_iterations: int = 0):
         devices = jax.devices()
         self.devices = devices[:num_devices] if num_devices else devices
         self.exp = exp
@@ -259,15 +279,47 @@ class Runner:
         self.matmul_precision = (("highest" if platform == "cpu" else "default")
                                  if matmul_precision == "auto" else matmul_precision)
         self.data_parallel = data_parallel
+        every = exp.trainer.eval_every
+        if slice_iterations and every % slice_iterations:
+            raise config_lib.ConfigError(
+                f"config.runtime.slice_iterations: {slice_iterations} does not divide "
+                f"train.eval_every={every}")
+        #: The steps of one slice, the unit of a chunk: short enough that a chunk (and so a stop)
+        #: need not wait for a whole evaluation period of a slow network.
+        self.slice_iterations = slice_iterations or self._auto_slice(platform)
         self._programs: dict[tuple, _Program] = {}
         self._compiled: dict[tuple, Any] = {}
         self._data: dict[tuple, train_lib.DeviceData] = {}
+
+    def _auto_slice(self, platform: str) -> int:
+        """The largest divisor of eval_every up to AUTO_SLICE; on a CPU also one whose slice of
+        the most runs a device trains (every variant of every trial) is estimated at no more than
+        AUTO_SLICE_SECONDS, from XLA's FLOP count of a step (of the unoptimised program: cheap)."""
+        every = self.exp.trainer.eval_every
+        divisors = [d for d in range(1, min(every, AUTO_SLICE) + 1) if every % d == 0]
+        if platform != "cpu":
+            return divisors[-1]
+        trainer, exp = self.exp.trainer, self.exp
+        variables = jax.eval_shape(exp.init_variables, jax.random.key(0))
+        state = jax.eval_shape(trainer.init_state, variables["params"], variables["batch_stats"])
+        mask = jax.eval_shape(masks_lib.ones_like, variables["params"])
+        batch = jax.ShapeDtypeStruct((trainer.batch_size, *exp.input_shape), jnp.float32)
+        labels = jax.ShapeDtypeStruct((trainer.batch_size,), jnp.int32)
+        cost = jax.jit(trainer.step).lower(state, mask, batch, labels, jnp.int32(0),
+                                           jax.random.key(0)).cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops = float((cost or {}).get("flops", 0.0))
+        runs = int(exp.config.trials) * len(exp.variants)
+        per_device = flops / len(self.devices) if self.data_parallel else flops * -(
+            -runs // len(self.devices))
+        fits = [d for d in divisors if d * per_device <= AUTO_SLICE_SECONDS * CPU_FLOPS_ESTIMATE]
+        return fits[-1] if fits else 1
 
     def _program(self, start: int, capture: int, runs: int) -> _Program:
         key = (start, capture, runs)
         if key in self._programs:
             return self._programs[key]
-        trainer = self.exp.trainer
+        trainer = dataclasses.replace(self.exp.trainer, slice_steps=self.slice_iterations)
         if self.data_parallel:
             # Every run uses all devices: each training batch is split over them (GSPMD inserts
             # the gradient all-reduce); params, masks and data are replicated.
@@ -292,7 +344,7 @@ class Runner:
         d = (mesh.devices.size, self.data_parallel)
         if d not in self._data:
             self._data[d] = processes.to_global(self.exp.data, NamedSharding(mesh, PartitionSpec()))
-        self._programs[key] = _Program(init, chunk, mesh, sharding, self._data[d], per)
+        self._programs[key] = _Program(init, chunk, mesh, sharding, self._data[d], per, trainer)
         return self._programs[key]
 
     def begin(self, params: PyTree, batch_stats: PyTree, mask: PyTree, data_key: jax.Array,
@@ -317,25 +369,25 @@ class Runner:
 
         mask, data_key, noise_key = put((mask, data_key, noise_key))
         if saved is None:
-            state, period = program.init(put(params), put(batch_stats)), 0
+            state, done = program.init(put(params), put(batch_stats)), 0
         else:
             like = jax.eval_shape(program.init, params, batch_stats)
             state = put(jax.tree.unflatten(jax.tree.structure(like), list(saved["state"])))
-            period = int(saved["period"])
+            done = int(saved["iterations"]) // self.slice_iterations
         key = (start, capture, runs)
         if key not in self._compiled:
-            # A lower bound first, before compiling for minutes: a period's batch indices.
+            # A lower bound first, before compiling for minutes: a slice's batch indices.
             trainer, devices = self.exp.trainer, _local(program.mesh)
             in_flight = padded // program.per if self.batching == "vmap" else 1
-            self._check_memory(trainer.eval_every * trainer.batch_size * 4 * in_flight, devices,
-                               "its batch indices alone")
+            self._check_memory(self.slice_iterations * trainer.batch_size * 4 * in_flight,
+                               devices, "its batch indices alone")
         args = (program.data, state, mask, data_key, noise_key, np.int32(0), np.int32(1))
         if key not in self._compiled:
             compiled = program.chunk.lower(*args).compile()
             self._check_compiled_memory(compiled, _local(program.mesh))
             self._compiled[key] = compiled
         return Training(self._compiled[key], program.data, state, mask, data_key, noise_key, runs,
-                        train_lib.num_periods(self.exp.trainer, start), period)
+                        train_lib.num_slices(program.trainer, start), done, self.slice_iterations)
 
     def __call__(self, params, batch_stats, mask, data_key, noise_key, *, start: int,
                  capture: int) -> train_lib.RunResult:
@@ -343,7 +395,7 @@ class Runner:
         numpy arrays."""
         training = self.begin(params, batch_stats, mask, data_key, noise_key, start=start,
                               capture=capture)
-        training.advance(training.periods)
+        training.advance(training.slices)
         return training.result()
 
     def _check_compiled_memory(self, compiled, devices: list) -> None:
@@ -370,8 +422,9 @@ class Runner:
             raise ExperimentError(
                 f"this config does not fit in memory: the training program needs "
                 f"~{need / 2**30:.1f} GiB per device ({what}), {have / 2**30:.1f} GiB are free "
-                f"per {devices[0].platform} device; use a smaller train.eval_every (a period's "
-                "batch indices are computed at once), train.batch_size, or fewer runs per device")
+                f"per {devices[0].platform} device; use a smaller runtime.slice_iterations (a "
+                "slice's batch indices are computed at once), train.batch_size, or fewer runs per "
+                "device")
 
 
 def _local(mesh: Mesh) -> list:
@@ -384,23 +437,38 @@ class Training:
     state (``best_so_far``, ``snapshot``, ``result``) gathers it from every process: with
     several, all must call them at the same points."""
 
-    def __init__(self, compiled, data, state, mask, data_key, noise_key, runs: int, periods: int,
-                 period: int):
+    def __init__(self, compiled, data, state, mask, data_key, noise_key, runs: int, slices: int,
+                 slice_: int, slice_iterations: int):
         self._compiled, self._data, self._state = compiled, data, state
         self._inputs = (mask, data_key, noise_key)
-        self.runs, self.periods, self.period = runs, periods, period
+        self.runs, self.slices, self.slice = runs, slices, slice_
+        self.slice_iterations = slice_iterations
 
     @property
     def done(self) -> bool:
-        return self.period >= self.periods
+        return self.slice >= self.slices
 
-    def advance(self, count: int) -> None:
-        """Train the next ``count`` evaluation periods (fewer at the end); returns when done."""
-        count = max(1, min(int(count), self.periods - self.period))
+    @property
+    def iterations(self) -> int:
+        """The iterations trained so far, from the level's start."""
+        return self.slice * self.slice_iterations
+
+    def advance(self, count: int, poll: Callable[[], Any] | None = None) -> None:
+        """Train the next ``count`` slices (fewer at the end); returns when done.
+
+        ``poll`` is called about every 10 ms while the chunk runs (the wait is a Python loop, so
+        signal handlers run meanwhile); an exception it raises propagates, and this Training is
+        then unusable (its state was donated to the chunk still running)."""
+        count = max(1, min(int(count), self.slices - self.slice))
         self._state = self._compiled(self._data, self._state, *self._inputs,
-                                     np.int32(self.period), np.int32(count))
-        jax.block_until_ready(self._state.best_period)
-        self.period += count
+                                     np.int32(self.slice), np.int32(count))
+        if poll is None:
+            jax.block_until_ready(self._state.best_period)
+        else:
+            while not self._state.best_period.is_ready():
+                poll()
+                time.sleep(0.01)
+        self.slice += count
 
     def best_so_far(self) -> tuple[np.ndarray, np.ndarray]:
         """Per run: the lowest validation loss so far and the validation accuracy there (NaN
@@ -413,9 +481,9 @@ class Training:
 
     def snapshot(self) -> dict:
         """What continues these runs exactly: the state of every run (numpy, the leaves of the
-        RunState in order) and the next period."""
+        RunState in order) and the iterations trained (from the level's start)."""
         return {"state": [x[:self.runs] for x in processes.to_host(jax.tree.leaves(self._state))],
-                "period": np.int32(self.period)}
+                "iterations": np.int64(self.iterations)}
 
     def result(self) -> train_lib.RunResult:
         """The RunResult of the finished runs, as numpy arrays."""
@@ -904,8 +972,9 @@ class LevelTrainer:
     """Trains the runs of a level as chunks of one compiled program (``Runner.begin``).
 
     The chunk length follows the clock: each chunk aims at ``runtime.chunk_seconds`` of training
-    (whole evaluation periods, at least one), measured on the previous chunk, so that a stop asked
-    for by ``stop`` is honoured within about that time on any device. Between chunks: a progress
+    (whole slices of ``runtime.slice_iterations`` steps, at least one), measured on the previous
+    chunk, so that a stop asked for by ``stop`` is honoured within about that time on any device
+    (plus an evaluation, when the chunk ends a period). Between chunks: a progress
     line (at most one per ``runtime.progress_seconds``), the stop check, and every
     ``runtime.checkpoint_minutes`` (0: never) an intra-level checkpoint, also written when a stop
     ends the level early. A level with an intra-level checkpoint made from the same inputs
@@ -913,8 +982,12 @@ class LevelTrainer:
     """
 
     def __init__(self, exp: Experiment, store: Store, runner: Runner, log: Callable[[str], None],
-                 check_stop: Callable[[str], None]):
+                 check_stop: Callable[[str], None], stop: Callable[[], int] | None = None):
         self.exp, self.store, self.runner, self.log, self.check_stop = exp, store, runner, log, check_stop
+        #: With one process, a stop noted (``stop()``) while a chunk runs waits STOP_WAIT_SECONDS
+        #: for it, then gives it up (a long chunk: an evaluation of a big net, or a slow device).
+        #: Several processes agree on stops between chunks only, so they always wait.
+        self.stop = stop if processes.count() == 1 else None
         cfg = exp.config
         seed, trials = int(cfg.seed), int(cfg.trials)
         self.data_keys = jnp.stack([trial_key(seed, t, DATA) for t in range(trials)])
@@ -937,28 +1010,36 @@ class LevelTrainer:
         params, stats, masks = stack(0), stack(1), stack(2)
         which = np.array([t for _, t in order])
         data_keys, noise_keys = self.data_keys[which], self.noise_keys[which]
-        # What fixes the runs besides their state: masks, data order, noise, start, capture.
+        # What fixes the runs besides their state: masks, data order, noise, start, capture (and
+        # the RunState's layout, which changed when slices came in).
         inputs = workdir_lib.digest({"mask": _numpy(masks), "data": np.asarray(jax.random.key_data(
             data_keys)), "noise": np.asarray(jax.random.key_data(noise_keys)),
-            "start": np.int64(start), "capture": np.int64(capture)})
+            "start": np.int64(start), "capture": np.int64(capture),
+            "layout": np.int64(PROGRESS_LAYOUT)})
         saved = self.store.progress(level, inputs)
+        if saved and int(saved[0]["iterations"]) % self.runner.slice_iterations:
+            self.log(f"lth_jax: the intra-level checkpoint of level {level} is at iteration "
+                     f"{start + int(saved[0]['iterations']):,}, not a multiple of "
+                     f"runtime.slice_iterations={self.runner.slice_iterations}; level {level} "
+                     "starts again from its beginning")
+            saved = None
         state_bytes = 6 * workdir_lib.tree_bytes(_numpy(params)) + workdir_lib.tree_bytes(_numpy(masks))
         self.store.check_disk(level, 3 * state_bytes)  # progress (old + new) and the level's
         self.check_stop(f"before level {level}")
         training = self.runner.begin(params, stats, masks, data_keys, noise_keys, start=start,
                                      capture=capture, saved=saved[0] if saved else None)
         seconds = float(saved[1]["seconds"]) if saved else 0.0
-        every = self.exp.trainer.eval_every
         if saved:
-            self.log(f"level {level}: resuming at iteration {start + training.period * every:,} "
+            self.log(f"level {level}: resuming at iteration {start + training.iterations:,} "
                      "from its intra-level checkpoint")
         count, saved_at, said_at = 1, time.monotonic(), -math.inf
+        saved_iterations = training.iterations if saved else None
         while not training.done:
             t0 = time.monotonic()
-            training.advance(count)
+            training.advance(count, self._poll(level, start, training, saved_iterations))
             elapsed = time.monotonic() - t0
             seconds += elapsed
-            self.rate = len(order) * every * count / max(elapsed, 1e-9)
+            self.rate = len(order) * training.slice_iterations * count / max(elapsed, 1e-9)
             count = max(1, int(self.chunk_seconds / max(elapsed / count, 1e-9)))
             now = time.monotonic()
             # Every process must train and checkpoint alike: the clock-driven choices are agreed
@@ -978,24 +1059,46 @@ class LevelTrainer:
                 self.store.save_progress(level, training.snapshot(),
                                          {"inputs": inputs, "seconds": seconds,
                                           "runs": [list(r) for r in order]})
-                saved_at = now
+                saved_at, saved_iterations = now, training.iterations
             if stopping:
-                done = start + training.period * every
+                done = start + training.iterations
                 kept = ("saved at iteration {:,}".format(done) if self.checkpoint_seconds else
                         "not saved (runtime.checkpoint_minutes=0)")
                 self.check_stop(f"in level {level} at iteration {done:,} (progress {kept})")
         return Trained(training.result(), order, start, seconds)
 
+    def _poll(self, level: int, start: int, training: Training,
+              saved_iterations: int | None) -> Callable[[], None] | None:
+        """What ``Training.advance`` polls: gives the chunk up (``Stopped``, abandoned) once a
+        stop has waited STOP_WAIT_SECONDS for it."""
+        if self.stop is None:
+            return None
+        noted: list[float] = []
+
+        def poll() -> None:
+            signum = self.stop()
+            if not signum:
+                return
+            if not noted:
+                noted.append(time.monotonic())
+            elif time.monotonic() - noted[0] >= STOP_WAIT_SECONDS:
+                kept = ("no progress saved" if saved_iterations is None else
+                        f"progress saved at iteration {start + saved_iterations:,}")
+                raise Stopped(signum, f"stopped in level {level} at iteration "
+                              f"{start + training.iterations:,} without waiting for the chunk "
+                              f"in flight ({kept})", abandoned=True)
+        return poll
+
     def _progress(self, level: int, training: Training, start: int, runs: int) -> None:
-        cfg, every = self.exp.config, self.exp.trainer.eval_every
+        cfg = self.exp.config
         loss, accuracy = training.best_so_far()
-        remaining = (training.periods - training.period) * every * runs
+        remaining = (training.slices - training.slice) * training.slice_iterations * runs
         later = (int(cfg.prune.levels) - level) * len(self.exp.variants) * int(cfg.trials) * (
             int(cfg.train.iterations) - int(cfg.prune.rewind_iteration))
         rate = self.rate or float("nan")
         best = (f"best val loss {np.nanmean(loss):.4f} acc {100 * np.nanmean(accuracy):.2f}%"
                 if np.isfinite(loss).any() else "no finite val loss yet")
-        self.log(f"level {level:2d}  iteration {start + training.period * every:,}/"
+        self.log(f"level {level:2d}  iteration {start + training.iterations:,}/"
                  f"{int(cfg.train.iterations):,}  {best} (mean of {runs} runs)  "
                  f"{rate:,.0f} model-steps/s  ETA level {_duration(remaining / rate)}, "
                  f"experiment {_duration((remaining + later) / rate)}")
@@ -1068,7 +1171,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
         check_stop("after opening the workdir")
         cfg = exp.config
         runner = Runner(exp, int(cfg.runtime.devices), data_parallel=bool(cfg.runtime.data_parallel),
-                        matmul_precision=str(cfg.runtime.matmul_precision))
+                        matmul_precision=str(cfg.runtime.matmul_precision),
+                        slice_iterations=int(cfg.runtime.slice_iterations))
         log(f"lth_jax: {cfg.model.name} on {exp.dataset_info.name} ({exp.dataset_info.source}), "
             f"{cfg.trials} trial(s), levels 0..{cfg.prune.levels}, {cfg.train.iterations} iterations, "
             f"variants {', '.join(exp.variants)}; {len(runner.devices)} "
@@ -1081,7 +1185,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
             log(f"resuming: levels {_ranges(done)} already finished "
                 f"({len(store.records())} records kept)")
         imp(exp, Pieces(exp, lambda: check_stop("before the next level's training")), store,
-            LevelTrainer(exp, store, runner, log, check_stop))
+            LevelTrainer(exp, store, runner, log, check_stop, stop))
         check_stop("at the end")
         return store.records()
 

@@ -14,7 +14,8 @@ import sys
 # by a signal handler lands wherever Python happens to be (inside orbax's event loop, an XLA
 # callback, a destructor that only prints it) and can be lost or abort the process. The run polls
 # `_stop_requested` at safe points instead: between startup steps, between chunks of training
-# (a few seconds each, runtime.chunk_seconds) and between levels. A second signal exits at once
+# (a few seconds each, runtime.chunk_seconds) and between levels; a chunk that is still running
+# 8 s after the signal (lottery.STOP_WAIT_SECONDS) is given up. A second signal exits at once
 # (every write in the workdir is atomic, so that loses only the progress since the last checkpoint).
 _RECEIVED: list[int] = []
 
@@ -83,10 +84,16 @@ def _fail(message: str, status: int = 2) -> None:
     sys.exit(status)
 
 
-def _stopped(workdir: str, signum: int, where: str) -> None:
-    """One line on stderr, exit status 128 + signal (130 for SIGINT, 143 for SIGTERM)."""
+def _stopped(workdir: str, signum: int, where: str, at_once: bool = False) -> None:
+    """One line on stderr, exit status 128 + signal (130 for SIGINT, 143 for SIGTERM).
+
+    ``at_once``: a chunk of training still runs on the devices (given up): the process ends
+    without the interpreter's shutdown, which would wait for it."""
     print(f"lth_jax: {where} by {signal.Signals(signum).name}; finished levels and saved progress "
-          f"are in {workdir}: run the same command again to resume.", file=sys.stderr)
+          f"are in {workdir}: run the same command again to resume.", file=sys.stderr, flush=True)
+    if at_once:
+        sys.stdout.flush()
+        os._exit(128 + signum)
     sys.exit(128 + signum)
 
 
@@ -129,7 +136,7 @@ def main(argv):
     except (config_lib.ConfigError, data_lib.DatasetError, lottery.ExperimentError) as e:
         _fail(str(e))
     except lottery.Stopped as e:
-        _stopped(workdir, e.signum, str(e))
+        _stopped(workdir, e.signum, str(e), at_once=e.abandoned)
     except Exception as e:  # with several processes, a crash must not leave the others waiting
         if config.runtime.distributed:
             import traceback
@@ -209,6 +216,8 @@ CONFIG_HELP: dict[str, str] = {
                                 "passes) | default | high | highest",
     "runtime.checkpoint_minutes": "checkpoint within a level this often (0 = at level ends only)",
     "runtime.chunk_seconds": "training time between two checks for a stop (Ctrl-C, SIGTERM)",
+    "runtime.slice_iterations": "a chunk is whole slices of this many steps, a divisor of "
+                                "train.eval_every (0 = auto: up to 10, ~2 s on a CPU)",
     "runtime.progress_seconds": "at most one progress line per this many seconds",
 }
 

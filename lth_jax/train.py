@@ -1,10 +1,11 @@
 """Masked training: the optimizer, the masked train step, and a training run in chunks.
 
 A training run (all iterations, with an evaluation every ``eval_every`` iterations) is a loop over
-evaluation periods, each a ``lax.scan`` over its steps. ``advance`` trains any number of periods of
-a run from a ``RunState`` (params, optimizer state, best-so-far params, curves so far) and returns
-the next one, so a long run is a sequence of calls of one compiled program (``make_chunk_fn``) that
-can stop, report and checkpoint between chunks, and continue bit for bit. ``make_chunk_fn`` and
+slices (a whole evaluation period, or a fixed part of one), each a ``lax.scan`` over its steps.
+``advance`` trains any number of slices of a run from a ``RunState`` (params, optimizer state,
+best-so-far params, curves so far) and returns the next one, so a long run is a sequence of calls
+of one compiled program (``make_chunk_fn``) that can stop, report and checkpoint between chunks,
+and continue bit for bit. ``make_chunk_fn`` and
 ``make_run_fn`` (a whole run at once) batch a leading *run* axis, so the trials and controls of a
 pruning level train together; the mask is a traced argument, so every level reuses the same
 compiled program.
@@ -113,6 +114,10 @@ class Trainer:
         iteration and at the end is measured in any case).
       batch_sharding: optional ``jax.sharding.Sharding`` of a training batch (data parallelism): the
         batch is split over its devices and XLA inserts the gradient all-reduce; None = no constraint.
+      slice_steps: the iterations of one *slice*, the unit a chunk of ``advance`` counts in: a
+        divisor of ``eval_every`` (0 = ``eval_every``: a slice is a whole evaluation period).
+        Shorter slices let a run stop, report and checkpoint within an evaluation period; the
+        numbers do not depend on it.
     """
     model: nn.Module
     direction: optax.GradientTransformation
@@ -124,6 +129,15 @@ class Trainer:
     augment: bool
     test_every: int = 0
     batch_sharding: Any = None
+    slice_steps: int = 0
+
+    @property
+    def slice_iterations(self) -> int:
+        """The iterations of one slice (``slice_steps``, or ``eval_every`` when 0)."""
+        steps = self.slice_steps or self.eval_every
+        if self.eval_every % steps:
+            raise ValueError(f"slice_steps={steps} does not divide eval_every={self.eval_every}")
+        return steps
 
     def init_state(self, params: PyTree, batch_stats: PyTree) -> TrainState:
         """A fresh optimizer state for every training run."""
@@ -255,7 +269,7 @@ class Curves(NamedTuple):
 
 
 class RunState(NamedTuple):
-    """Everything a training run carries from one chunk of evaluation periods to the next.
+    """Everything a training run carries from one chunk of slices to the next.
 
     With it, the run's mask and its two keys, a run continues exactly (bit for bit) as if it had
     never stopped: the data order and the noise depend only on the keys and the absolute iteration.
@@ -263,6 +277,7 @@ class RunState(NamedTuple):
     """
     train: TrainState
     curves: Curves
+    period_loss: jax.Array       # the sum of the current period's training losses so far
     initial_loss: jax.Array      # the training loss of the run's first step (NaN before it)
     nonfinite_step: jax.Array    # the first iteration with a non-finite training loss, or -1
     best_val_loss: jax.Array     # the minimum validation loss so far (inf before the first)
@@ -280,10 +295,16 @@ def num_periods(trainer: Trainer, start: int = 0) -> int:
     return (trainer.iterations - start) // trainer.eval_every
 
 
+def num_slices(trainer: Trainer, start: int = 0) -> int:
+    """How many slices (``Trainer.slice_iterations`` each) a run from iteration ``start`` has."""
+    return num_periods(trainer, start) * (trainer.eval_every // trainer.slice_iterations)
+
+
 def init_run(trainer: Trainer, params: PyTree, batch_stats: PyTree, start: int = 0) -> RunState:
     """The state of a run about to train ``params`` from iteration ``start`` (fresh optimizer)."""
     nan = jnp.full((num_periods(trainer, start),), jnp.nan, jnp.float32)
     return RunState(train=trainer.init_state(params, batch_stats), curves=Curves(*[nan] * 5),
+                    period_loss=jnp.float32(0.0),
                     initial_loss=jnp.float32(jnp.nan), nonfinite_step=jnp.int32(-1),
                     best_val_loss=jnp.float32(jnp.inf), best_period=jnp.int32(-1),
                     best_params=params, best_batch_stats=batch_stats,
@@ -294,11 +315,13 @@ def init_run(trainer: Trainer, params: PyTree, batch_stats: PyTree, start: int =
 def advance(trainer: Trainer, data: DeviceData, state: RunState, mask: PyTree,
             data_key: jax.Array, noise_key: jax.Array, first: jax.Array, count: jax.Array, *,
             start: int = 0, capture_iteration: int = -1) -> RunState:
-    """Train evaluation periods ``first .. first + count - 1`` of a run from iteration ``start``.
+    """Train slices ``first .. first + count - 1`` of a run from iteration ``start``.
 
-    Pure; one run (vmap or map it for several). ``first`` and ``count`` may be traced, so one
-    compiled program trains chunks of any length (clipped to the run's periods). The chunk that
-    reaches the last period also measures the test set on the best and the final params.
+    Pure; one run (vmap or map it for several). A slice is ``trainer.slice_iterations`` steps
+    (a divisor of ``eval_every``; by default a whole evaluation period). ``first`` and ``count``
+    may be traced, so one compiled program trains chunks of any length (clipped to the run's
+    slices). The chunk that reaches the last slice also measures the test set on the best and the
+    final params.
 
     The data order depends only on ``data_key``: step ``t`` uses
     ``data.batch_indices(data_key, t, ...)`` (slice ``t mod S`` of the permutation of epoch
@@ -306,9 +329,12 @@ def advance(trainer: Trainer, data: DeviceData, state: RunState, mask: PyTree,
     from k on, and a run continued from a ``RunState`` sees the batches it would have seen.
     ``noise_key`` drives dropout and augmentation (folded with the step).
 
-    Every ``eval_every`` iterations the validation loss and accuracy are measured, and the params
-    with the lowest validation loss so far are kept (a select per evaluation), so the test accuracy
-    at the early-stopping iteration is exact even when the test curve is measured more sparsely.
+    Every ``eval_every`` iterations (in the slice that ends a period) the validation loss and
+    accuracy are measured, and the params with the lowest validation loss so far are kept (a
+    select per evaluation), so the test accuracy at the early-stopping iteration is exact even when
+    the test curve is measured more sparsely. The period's training losses are summed step by step
+    into ``state.period_loss`` (one float32 addition per step, in step order), so the curves are
+    the same bits however the period was cut into slices and chunks.
 
     Args:
       start, capture_iteration: Python ints; ``capture_iteration`` must be a multiple of
@@ -316,14 +342,16 @@ def advance(trainer: Trainer, data: DeviceData, state: RunState, mask: PyTree,
     """
     n_train = data.train_labels.shape[0]
     bs = trainer.batch_size
-    periods = num_periods(trainer, start)
+    steps_per_slice = trainer.slice_iterations
+    per_period = trainer.eval_every // steps_per_slice
+    slices = num_slices(trainer, start)
     capture_period = (capture_iteration - start) // trainer.eval_every - 1 \
         if capture_iteration > start else -1
     # test_ratio must agree with tested_evaluations().
     test_ratio = max(1, trainer.test_every // trainer.eval_every) if trainer.test_every else 0
 
     def one_step(carry, xs):
-        train, bad, initial = carry
+        train, bad, initial, total = carry
         step, idx = xs
         images, labels = data.train_images[idx], data.train_labels[idx]
         if trainer.batch_sharding is not None:
@@ -335,18 +363,14 @@ def advance(trainer: Trainer, data: DeviceData, state: RunState, mask: PyTree,
                                    jax.random.fold_in(noise_key, 2 * step))
         bad = jnp.where((bad < 0) & ~jnp.isfinite(loss), step, bad)
         initial = jnp.where(step == start, loss, initial)
-        return (train, bad, initial), loss
+        return (train, bad, initial, total + loss), None
 
     def test_eval(params, batch_stats):
         return trainer.evaluate(params, batch_stats, mask, data.test)
 
-    def one_period(period, s):
-        steps = start + period * trainer.eval_every + jnp.arange(trainer.eval_every, dtype=jnp.int32)
-        # The batch indices of the whole period at once: one vectorised permutation evaluation
-        # instead of one per step.
-        indices = jax.vmap(lambda t: data_lib.batch_indices(data_key, t, n_train, bs))(steps)
-        (train, bad, initial), losses = jax.lax.scan(
-            one_step, (s.train, s.nonfinite_step, s.initial_loss), (steps, indices))
+    def evaluation(period, s):
+        """The end of period ``period``: its curves entry, the best-so-far and θ_k selects."""
+        train = s.train
         val_loss, val_acc = trainer.evaluate(train.params, train.batch_stats, mask, data.validation)
         nan = jnp.full((), jnp.nan, jnp.float32)
         if test_ratio == 1:
@@ -356,8 +380,8 @@ def advance(trainer: Trainer, data: DeviceData, state: RunState, mask: PyTree,
                                                lambda *_: (nan, nan), train.params, train.batch_stats)
         else:
             test_loss = test_acc = nan
-        curves = Curves(*(curve.at[period].set(value) for curve, value in
-                          zip(s.curves, (jnp.mean(losses), val_loss, val_acc, test_loss, test_acc))))
+        values = (s.period_loss / trainer.eval_every, val_loss, val_acc, test_loss, test_acc)
+        curves = Curves(*(curve.at[period].set(value) for curve, value in zip(s.curves, values)))
         better = val_loss < s.best_val_loss  # strict: the first minimum wins; NaN never does
         pick = lambda take, new, old: jax.tree.map(lambda a, b: jnp.where(take, a, b), new, old)
         best_params, best_stats = pick(better, (train.params, train.batch_stats),
@@ -365,15 +389,29 @@ def advance(trainer: Trainer, data: DeviceData, state: RunState, mask: PyTree,
         captured = (s.captured_params, s.captured_batch_stats)
         if capture_period >= 0:
             captured = pick(period == capture_period, (train.params, train.batch_stats), captured)
-        return s._replace(train=train, curves=curves, initial_loss=initial, nonfinite_step=bad,
+        return s._replace(curves=curves, period_loss=jnp.zeros_like(s.period_loss),
                           best_val_loss=jnp.where(better, val_loss, s.best_val_loss),
                           best_period=jnp.where(better, period, s.best_period),
                           best_params=best_params, best_batch_stats=best_stats,
                           captured_params=captured[0], captured_batch_stats=captured[1])
 
+    def one_slice(index, s):
+        period, within = index // per_period, index % per_period
+        steps = start + index * steps_per_slice + jnp.arange(steps_per_slice, dtype=jnp.int32)
+        # The batch indices of the whole slice at once: one vectorised permutation evaluation
+        # instead of one per step.
+        indices = jax.vmap(lambda t: data_lib.batch_indices(data_key, t, n_train, bs))(steps)
+        (train, bad, initial, total), _ = jax.lax.scan(
+            one_step, (s.train, s.nonfinite_step, s.initial_loss, s.period_loss), (steps, indices))
+        s = s._replace(train=train, initial_loss=initial, nonfinite_step=bad, period_loss=total)
+        if per_period == 1:
+            return evaluation(period, s)
+        # `index` is not batched, so this stays a real branch under vmap.
+        return jax.lax.cond(within == per_period - 1, evaluation, lambda _, s: s, period, s)
+
     first = jnp.asarray(first, jnp.int32)
-    end = jnp.minimum(first + jnp.asarray(count, jnp.int32), periods)
-    state = jax.lax.fori_loop(first, end, one_period, state)
+    end = jnp.minimum(first + jnp.asarray(count, jnp.int32), slices)
+    state = jax.lax.fori_loop(first, end, one_slice, state)
 
     def finish(s):
         best = test_eval(s.best_params, s.best_batch_stats)
@@ -381,7 +419,7 @@ def advance(trainer: Trainer, data: DeviceData, state: RunState, mask: PyTree,
         return s._replace(final=jnp.stack([*best, *final]).astype(jnp.float32))
 
     # `end` is not batched either: the test passes run only in the chunk that ends the run.
-    return jax.lax.cond(end >= periods, finish, lambda s: s, state)
+    return jax.lax.cond(end >= slices, finish, lambda s: s, state)
 
 
 def run_result(state: RunState) -> RunResult:
@@ -398,8 +436,8 @@ def train_run(trainer: Trainer, data: DeviceData, params: PyTree, batch_stats: P
     """Train ``m ⊙ θ`` from iteration ``start`` to ``trainer.iterations`` in one go: ``advance``
     over all evaluation periods (see there for the data order, evaluation and capture)."""
     state = init_run(trainer, params, batch_stats, start)
-    periods = num_periods(trainer, start)
-    return run_result(advance(trainer, data, state, mask, data_key, noise_key, 0, periods,
+    return run_result(advance(trainer, data, state, mask, data_key, noise_key, 0,
+                              num_slices(trainer, start),
                               start=start, capture_iteration=capture_iteration))
 
 
@@ -485,7 +523,7 @@ def make_chunk_fn(trainer: Trainer, *, start: int = 0, capture_iteration: int = 
     """``advance`` over a leading run axis, jitted (and sharded over ``mesh``'s ``"runs"`` axis).
 
     The returned function takes ``(data, state, mask, data_key, noise_key, first, count)``: every
-    argument but ``data`` and the two int32 scalars ``first``/``count`` (the chunk's periods) has a
+    argument but ``data`` and the two int32 scalars ``first``/``count`` (the chunk's slices) has a
     leading axis R, and returns the next ``RunState`` (the input state is donated). One compilation
     per (trainer, start, R, shapes) serves every chunk. ``batching`` and ``mesh``: as in
     ``make_run_fn``.

@@ -157,7 +157,9 @@ def test_stopped_mid_level_at_several_points_resumes_identically(finished, tmp_p
     were of another length."""
     ref_dir, uninterrupted, _, _ = finished
     workdir = str(tmp_path / "run")
-    cfg = tiny_config(runtime__chunk_seconds=1e-6, runtime__checkpoint_minutes=1e-9)
+    # Chunks of one slice of a whole period (the uninterrupted run had slices of 10 steps).
+    cfg = tiny_config(runtime__chunk_seconds=1e-6, runtime__checkpoint_minutes=1e-9,
+                      runtime__slice_iterations=50)
 
     def killed_at(level, iteration):
         logs = []
@@ -198,32 +200,72 @@ def test_stopped_mid_level_at_several_points_resumes_identically(finished, tmp_p
             np.testing.assert_array_equal(x, y)
 
 
-def test_a_whole_level_in_one_chunk_equals_chunks_of_one_period(exp_tiny):
-    """``Runner.__call__`` (one chunk: what the benchmark times) and chunks of 1, 2 and 1 periods
-    give bit-identical results: the same compiled program, continued from its state."""
+def test_a_whole_level_in_one_chunk_equals_chunks_of_slices(exp_tiny):
+    """``Runner.__call__`` (one chunk: what the benchmark times) and chunks of 1, 7, 2 and 10
+    slices (cut inside evaluation periods, 5 slices each) give bit-identical results: the same
+    compiled program, continued from its state; so does a snapshot taken inside a period."""
     import jax.numpy as jnp
 
     runner = lottery.Runner(exp_tiny)
+    assert runner.slice_iterations == 10  # auto: the largest divisor of eval_every=50 up to 10
     keys = jnp.stack([lottery.trial_key(0, t, lottery.INIT) for t in range(2)])
     v = jax.jit(jax.vmap(exp_tiny.init_variables))(keys)
     mask = jax.vmap(masks.ones_like)(v["params"])
     whole = runner(v["params"], v["batch_stats"], mask, keys, keys, start=0, capture=100)
     training = runner.begin(v["params"], v["batch_stats"], mask, keys, keys, start=0, capture=100)
-    for count in (1, 2, 1):
+    assert training.slices == 20
+    for count in (1, 7, 2, 10):
         assert not training.done
         training.advance(count)
     assert training.done
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(training.result()), strict=True):
         np.testing.assert_array_equal(a, b)
-    # a snapshot taken between chunks continues exactly, in another Training
+    # a snapshot taken between chunks, inside period 2, continues exactly, in another Training
     training = runner.begin(v["params"], v["batch_stats"], mask, keys, keys, start=0, capture=100)
-    training.advance(3)
+    training.advance(13)
     again = runner.begin(v["params"], v["batch_stats"], mask, keys, keys, start=0, capture=100,
                          saved=training.snapshot())
-    assert again.period == 3
-    again.advance(1)
+    assert (again.slice, again.iterations) == (13, 130)
+    again.advance(7)
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(again.result()), strict=True):
         np.testing.assert_array_equal(a, b)
+    assert np.isfinite(whole.train_loss).all() and whole.train_loss.shape == (2, 4)
+
+
+def test_the_automatic_slice_follows_the_cost_of_a_step(exp_tiny):
+    """On a CPU: tiny LeNet keeps the largest divisor of eval_every up to 10; Conv-2 (15.5 GFLOP a
+    step, 5 trials x 3 variants on one device) gets slices of one step; a GPU/TPU keeps 10."""
+    from lth_jax.config import conv_config
+
+    assert lottery.Runner(exp_tiny).slice_iterations == 10
+    c = conv_config("conv2", dropout=False)
+    c.dataset.source = "synthetic"
+    c.dataset.train_size, c.dataset.validation_size, c.dataset.test_size = 100, 10, 10
+    conv = lottery.setup(c)
+    runner = lottery.Runner(conv)
+    assert runner.slice_iterations == 1
+    assert runner._auto_slice("gpu") == 10
+    assert lottery.Runner(conv, slice_iterations=20).slice_iterations == 20
+
+
+@pytest.mark.parametrize("slice_iterations", [50, 5])
+def test_the_slice_length_does_not_change_the_numbers(exp_tiny, slice_iterations):
+    """A period in one slice, or in 10, trains and evaluates to the same bits (on this CPU): the
+    step is the same program, and the period's losses are collected in the RunState and averaged
+    once, whatever the slicing."""
+    import jax.numpy as jnp
+
+    keys = jnp.stack([lottery.trial_key(0, t, lottery.INIT) for t in range(2)])
+    v = jax.jit(jax.vmap(exp_tiny.init_variables))(keys)
+    mask = jax.vmap(masks.ones_like)(v["params"])
+    ref = lottery.Runner(exp_tiny)(v["params"], v["batch_stats"], mask, keys, keys, start=50,
+                                   capture=-1)
+    other = lottery.Runner(exp_tiny, slice_iterations=slice_iterations)(
+        v["params"], v["batch_stats"], mask, keys, keys, start=50, capture=-1)
+    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(other), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(lottery.config_lib.ConfigError, match="runtime.slice_iterations"):
+        lottery.Runner(exp_tiny, slice_iterations=7)
 
 
 @pytest.fixture(scope="module")

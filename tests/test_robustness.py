@@ -96,6 +96,37 @@ def test_a_stop_ends_the_level_after_its_chunk_and_saves_its_progress(reference,
     assert strip_timing(records) == strip_timing(reference[1])
 
 
+def test_a_stop_gives_up_a_chunk_that_runs_on_past_the_wait(tmp_path, monkeypatch):
+    """A stop noted while a long chunk runs waits ``STOP_WAIT_SECONDS`` (here 0) for it, then
+    gives it up: Stopped with ``abandoned`` (main then ends the process at once), the level's
+    last checkpoint stands, and a rerun finishes the level as if nothing had happened."""
+    monkeypatch.setattr(lottery, "STOP_WAIT_SECONDS", 0.0)
+    workdir = str(tmp_path / "run")
+    # One long chunk for the rest of level 0 after its first slice (~1 s of training).
+    cfg = tiny(runtime__chunk_seconds=1e4, train__iterations=5000, prune__levels=0,
+               runtime__checkpoint_minutes=1e-9)  # a checkpoint after every chunk
+    calls, original = [], lottery.Training.advance
+
+    def advance(self, count, poll=None):
+        calls.append(count)
+        return original(self, count, poll)
+
+    monkeypatch.setattr(lottery.Training, "advance", advance)
+    stop = lambda: signal.SIGINT if len(calls) >= 2 else 0
+    with pytest.raises(lottery.Stopped) as info:
+        lottery.run(cfg, workdir, log=quiet, stop=stop)
+    assert info.value.abandoned and info.value.signum == signal.SIGINT
+    assert str(info.value) == ("stopped in level 0 at iteration 10 without waiting for the chunk "
+                               "in flight (progress saved at iteration 10)")
+    assert calls[0] == 1 and calls[1] > 400  # the second chunk: (nearly) the whole level
+    assert workdir_lib.checkpoint_names(workdir) == ["progress_000"]
+    monkeypatch.setattr(lottery.Training, "advance", original)
+    logs = []
+    records = lottery.run(cfg, workdir, log=logs.append)  # the lock was released
+    assert "level 0: resuming at iteration 10 from its intra-level checkpoint" in logs
+    assert [(r["level"], r["status"]) for r in records] == [(0, "ok"), (0, "ok")]
+
+
 def test_a_stop_before_training_leaves_nothing(tmp_path):
     workdir = str(tmp_path / "run")
     with pytest.raises(lottery.Stopped, match="stopped after loading the data"):
@@ -606,15 +637,15 @@ def test_disk_space_is_checked_before_a_level_and_a_full_disk_leaves_nothing(ref
 
 def test_configs_that_cannot_fit_in_memory_are_refused_before_allocating(tmp_path, monkeypatch):
     """The issue's iterations=3e9 is refused by the config check (the iteration counter is int32);
-    at 2e9 with eval_every=1e9, a period's batch indices alone need 200 GB: refused at once,
-    before compiling. Anything else is checked with XLA's own estimate of the compiled program
-    (here with the free memory simulated as 1 MiB)."""
+    at 2e9 with eval_every=1e9 in slices of a whole period, a slice's batch indices alone need 200
+    GB: refused at once, before compiling. Anything else is checked with XLA's own estimate of the
+    compiled program (here with the free memory simulated as 1 MiB)."""
     with pytest.raises(config_lib.ConfigError, match=r"config.train.iterations: must be < 2\*\*31"):
         lottery.run(tiny(train__iterations=3_000_000_000, train__eval_every=1_000_000_000),
                     str(tmp_path / "a"), log=quiet)
     with pytest.raises(lottery.ExperimentError) as info:
-        lottery.run(tiny(train__iterations=2_000_000_000, train__eval_every=1_000_000_000),
-                    str(tmp_path / "b"), log=quiet)
+        lottery.run(tiny(train__iterations=2_000_000_000, train__eval_every=1_000_000_000,
+                         runtime__slice_iterations=1_000_000_000), str(tmp_path / "b"), log=quiet)
     assert str(info.value).startswith("this config does not fit in memory: the training program "
                                       "needs ~186.3 GiB per device (its batch indices alone)")
     assert workdir_lib.checkpoint_names(str(tmp_path / "b")) == []
