@@ -7,9 +7,10 @@ For each config: the CLI (the config's trials unless --trials, dense level only,
 the dataset's shape, a progress line after every chunk) is started; after its second progress line
 (training is running, the chunk length has adapted to runtime.chunk_seconds) SIGINT is sent, and
 the seconds until the process has exited are measured, with its exit status and its last line.
-A chunk is whole slices of runtime.slice_iterations steps (auto: 10); a stop waits for the chunk
-in flight to save its progress, but at most lottery.STOP_WAIT_SECONDS (8 s): a longer chunk (an
-evaluation of a big network, several runs on a device) is given up, and the last checkpoint stands.
+A chunk is whole slices of runtime.slice_iterations steps (auto: 10 for LeNet, 1 for the conv
+nets on a CPU); a stop waits for the chunk in flight to save its progress, but at most
+lottery.STOP_WAIT_SECONDS (8 s): a longer chunk (an evaluation of a big network, several runs on a
+device) is given up, and the last checkpoint stands.
 """
 
 import argparse

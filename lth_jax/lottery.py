@@ -64,7 +64,8 @@ CPU_FLOPS_ESTIMATE = 25e9
 #: period's training loss so far (``RunState.period_loss``), which slices need.
 PROGRESS_LAYOUT = 2
 #: A stop waits this long for the chunk in flight (to save its progress), then gives it up:
-#: twice runtime.chunk_seconds' default, so that an ordinary chunk finishes and is saved.
+#: twice runtime.chunk_seconds' default, so that an ordinary chunk finishes and is saved. Fixed,
+#: not a multiple of chunk_seconds: a stop is bounded whatever the config says.
 STOP_WAIT_SECONDS = 8.0
 
 #: The workdir or a checkpoint cannot be used for this experiment (one-line message).
@@ -310,8 +311,9 @@ class Runner:
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         flops = float((cost or {}).get("flops", 0.0))
         runs = int(exp.config.trials) * len(exp.variants)
-        per_device = flops / len(self.devices) if self.data_parallel else flops * -(
-            -runs // len(self.devices))
+        # Data parallel: every device trains a share of every run's batch; else whole runs.
+        per_device = flops * (runs / len(self.devices) if self.data_parallel
+                              else -(-runs // len(self.devices)))
         fits = [d for d in divisors if d * per_device <= AUTO_SLICE_SECONDS * CPU_FLOPS_ESTIMATE]
         return fits[-1] if fits else 1
 
@@ -373,6 +375,9 @@ class Runner:
         else:
             like = jax.eval_shape(program.init, params, batch_stats)
             state = put(jax.tree.unflatten(jax.tree.structure(like), list(saved["state"])))
+            if int(saved["iterations"]) % self.slice_iterations:
+                raise ValueError(f"saved at iteration {int(saved['iterations'])}, not a multiple "
+                                 f"of slice_iterations={self.slice_iterations}")
             done = int(saved["iterations"]) // self.slice_iterations
         key = (start, capture, runs)
         if key not in self._compiled:
@@ -453,8 +458,8 @@ class Training:
         """The iterations trained so far, from the level's start."""
         return self.slice * self.slice_iterations
 
-    def advance(self, count: int, poll: Callable[[], Any] | None = None) -> None:
-        """Train the next ``count`` slices (fewer at the end); returns when done.
+    def advance(self, count: int, poll: Callable[[], Any] | None = None) -> int:
+        """Train the next ``count`` slices (fewer at the end); returns, when done, how many.
 
         ``poll`` is called about every 10 ms while the chunk runs (the wait is a Python loop, so
         signal handlers run meanwhile); an exception it raises propagates, and this Training is
@@ -469,6 +474,7 @@ class Training:
                 poll()
                 time.sleep(0.01)
         self.slice += count
+        return count
 
     def best_so_far(self) -> tuple[np.ndarray, np.ndarray]:
         """Per run: the lowest validation loss so far and the validation accuracy there (NaN
@@ -1036,7 +1042,7 @@ class LevelTrainer:
         saved_iterations = training.iterations if saved else None
         while not training.done:
             t0 = time.monotonic()
-            training.advance(count, self._poll(level, start, training, saved_iterations))
+            count = training.advance(count, self._poll(level, start, training, saved_iterations))
             elapsed = time.monotonic() - t0
             seconds += elapsed
             self.rate = len(order) * training.slice_iterations * count / max(elapsed, 1e-9)

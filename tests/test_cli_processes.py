@@ -17,7 +17,7 @@ from clitools import Cli, check_results_file, cli_env, results_text, run_cli
 from conftest import cli_flags
 from lth_jax import processes
 
-FLAGS = cli_flags(runtime__chunk_seconds=0.05)
+FLAGS = cli_flags(runtime__chunk_seconds=0.25)
 
 
 def _port() -> int:

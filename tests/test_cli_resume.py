@@ -110,6 +110,7 @@ def test_a_stop_gives_up_a_long_chunk_and_exits_at_once(tmp_path):
     cli = Cli(workdir, *cli_flags(train__iterations=2_000_000, prune__levels=0,
                                   runtime__chunk_seconds=1e4))
     cli.until(lambda: "level  0  iteration 10/" in cli.stdout, "the first chunk's progress line")
+    time.sleep(0.5)  # past the checks between chunks: the long chunk is running
     t0 = time.monotonic()
     cli.signal(signal.SIGTERM)
     rc = cli.wait(120)
