@@ -56,8 +56,9 @@ TIMING_FIELDS = ("train_seconds",)
 #: to this): 10 steps of all runs on a device is a few seconds for the paper's conv nets on a CPU.
 AUTO_SLICE = 10
 #: On a CPU the automatic slice is also at most this long, estimated at CPU_FLOPS_ESTIMATE per
-#: device (Conv-2 trains at ~33 GFLOP/s a core here): Conv-2's 15.5 GFLOP step, 3 runs a device,
-#: gets slices of one step, LeNet's 72 MFLOP keeps 10.
+#: device (Conv-2 trained at ~33 GFLOP/s a core on 2026-12-01's AMD EPYC, ~31 on 2026-12-02's
+#: Intel Xeon): Conv-2's 15.5 GFLOP step, 3 runs a device, gets slices of one step, LeNet's
+#: 72 MFLOP keeps 10.
 AUTO_SLICE_SECONDS = 2.0
 CPU_FLOPS_ESTIMATE = 25e9
 #: The layout of an intra-level checkpoint's RunState (part of its inputs digest): 2 = with the
@@ -980,7 +981,8 @@ class LevelTrainer:
     The chunk length follows the clock: each chunk aims at ``runtime.chunk_seconds`` of training
     (whole slices of ``runtime.slice_iterations`` steps, at least one), measured on the previous
     chunk, so that a stop asked for by ``stop`` is honoured within about that time on any device
-    (plus an evaluation, when the chunk ends a period). Between chunks: a progress
+    (plus an evaluation, when the chunk ends a period; a chunk still running STOP_WAIT_SECONDS
+    after the stop is given up, with one process). Between chunks: a progress
     line (at most one per ``runtime.progress_seconds``), the stop check, and every
     ``runtime.checkpoint_minutes`` (0: never) an intra-level checkpoint, also written when a stop
     ends the level early. A level with an intra-level checkpoint made from the same inputs
