@@ -456,6 +456,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, tickets: str,
     saved = workdir_lib.load_experiment(tickets)
     check_tickets(config, saved, tickets)
     exp = lottery.setup(config)
+    if exp.strategy not in ("layerwise", "global"):
+        raise ValueError(f"config.prune.strategy: {config.prune.strategy!r}; the cheaper-tickets "
+                         "methods rank single weights, so the lottery must prune by magnitude "
+                         "(layerwise or global)")
     k = int(config.prune.rewind_iteration)
     iterations = exp.trainer.iterations
     if 0 not in saved["levels"] and ({"oneshot"} & set(methods)):

@@ -11,7 +11,8 @@ Every ``configs/*.py`` starts from ``base_config()`` and sets the paper's values
 * ``train``: ``iterations``, ``batch_size``, ``optimizer`` (adam | sgd | momentum),
   ``learning_rate``, ``momentum``, ``weight_decay``, ``lr_drops`` (iterations), ``lr_drop_factor``,
   ``warmup_iterations``, ``eval_every``, ``test_every_evals`` (0 = no test curve), ``eval_batch_size``
-* ``prune``: ``strategy`` (paper | layerwise | global), ``rules`` (``((regex, rate), ...)``, empty =
+* ``prune``: ``strategy`` (paper | layerwise | global | neuron | global_neuron | "N:M" such as
+  "2:4"; see ``STRATEGIES``), ``rules`` (``((regex, rate), ...)``, empty =
   the model's paper rules), ``global_rate`` (0 = the rules' rate), ``levels``, ``one_shot``,
   ``rewind_iteration``
 * ``controls``: ``reinit``, ``random_prune`` (bools)
@@ -33,7 +34,12 @@ import re
 import ml_collections
 
 OPTIMIZERS = ("adam", "sgd", "momentum")
-STRATEGIES = ("paper", "layerwise", "global")
+#: ``prune.strategy``: "paper" (the network's own: layerwise or global), "layerwise" / "global"
+#: (magnitude per leaf / over all leaves), "neuron" / "global_neuron" (whole Dense neurons and Conv
+#: filters by L2 norm, per layer / over all layers: ``structured.neuron_magnitude`` /
+#: ``global_neuron_magnitude``), or an N:M pattern written "N:M" (e.g. "2:4": N:M magnitude
+#: pruning reached by rounds, ``structured.nm_iterative``; see ``nm_pattern``).
+STRATEGIES = ("paper", "layerwise", "global", "neuron", "global_neuron")
 SOURCES = ("tfds", "files", "synthetic")
 AUGMENT = ("auto", "on", "off")
 MATMUL_PRECISIONS = ("auto", "default", "high", "highest")
@@ -192,6 +198,16 @@ def _choice(c, field: str, options) -> str:
     return value
 
 
+def nm_pattern(strategy: str) -> tuple[int, int] | None:
+    """``(n, m)`` of an N:M strategy string such as "2:4" (1 <= n < m <= 64); None for any other
+    string. A malformed "N:M" (e.g. "4:4", "0:4") is None too, and refused by ``validate``."""
+    match = re.fullmatch(r"(\d+):(\d+)", strategy) if isinstance(strategy, str) else None
+    if not match:
+        return None
+    n, m = int(match.group(1)), int(match.group(2))
+    return (n, m) if 1 <= n < m <= 64 else None
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
     """Check every field before any training; raise ConfigError naming the first bad field.
 
@@ -272,7 +288,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail("train.warmup_iterations", f"{warmup} exceeds train.iterations={iterations}")
 
     p = c.prune
-    _choice(c, "prune.strategy", STRATEGIES)
+    if nm_pattern(p.strategy) is None:
+        if isinstance(p.strategy, str) and re.fullmatch(r"\d+:\d+", p.strategy):
+            _fail("prune.strategy", f"N:M pattern {p.strategy!r} needs 1 <= N < M <= 64")
+        if p.strategy not in STRATEGIES:
+            _fail("prune.strategy", f"unknown value {p.strategy!r}; choose one of "
+                                    f"{', '.join(STRATEGIES)} or an N:M pattern such as 2:4")
     _int_at_least(c, "prune.levels", 0)
     for i, rule in enumerate(_sequence(c, "prune.rules")):
         if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)):

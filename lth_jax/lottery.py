@@ -39,6 +39,7 @@ from lth_jax import masks as masks_lib
 from lth_jax import models
 from lth_jax import processes
 from lth_jax import pruning
+from lth_jax import structured
 from lth_jax import tickets
 from lth_jax import train as train_lib
 from lth_jax import workdir as workdir_lib
@@ -105,7 +106,7 @@ class Experiment:
     input_shape: tuple[int, ...]
     prunable: PyTree          # kernels: what "fraction of weights remaining" counts
     rates: PyTree             # per-round rate per leaf (layerwise) / which leaves pool (global)
-    strategy: str             # "layerwise" | "global"
+    strategy: str             # "layerwise" | "global" | "neuron" | "global_neuron" | "N:M"
     global_rate: float
     variants: tuple[str, ...]
     identity: str             # workdir.identity of the config: in every record and checkpoint
@@ -149,12 +150,13 @@ def setup(config: ml_collections.ConfigDict) -> Experiment:
         raise config_lib.ConfigError("config.prune.rules: no parameter gets a rate > 0; paths are "
                                      + ", ".join(masks_lib.leaf_paths(params_shape)))
     global_rate = float(config.prune.global_rate)
-    if strategy == "global" and not global_rate:
+    if strategy in ("global", "global_neuron") and not global_rate:
         if len(positive) > 1:
             raise config_lib.ConfigError(
                 f"config.prune.global_rate: the rules give several rates {positive}; set one rate "
                 "for global pruning")
         global_rate = positive[0] if positive else 0.0
+    _check_structured(strategy, params_shape, int(config.prune.levels))
 
     augment = {"on": True, "off": False, "auto": data_lib.needs_augmentation(info)}[
         config.dataset.augment]
@@ -178,6 +180,25 @@ def setup(config: ml_collections.ConfigDict) -> Experiment:
                       identity=workdir_lib.identity(config_to_json(config)))
 
 
+def _check_structured(strategy: str, params_shape: PyTree, levels: int) -> None:
+    """Refuse, naming the field, a structured strategy the network or the level count cannot take."""
+    nm = config_lib.nm_pattern(strategy)
+    if nm is not None:
+        rounds = structured.nm_rounds(*nm)
+        if levels > rounds:  # one-shot level L is L rounds at once: the same bound
+            raise config_lib.ConfigError(
+                f"config.prune.levels: {levels}, but N:M {strategy} is reached by rounds in "
+                f"{rounds} level(s) (one weight per group of {nm[1]} per round); later levels would "
+                f"retrain the same mask. Set prune.levels <= {rounds}")
+    elif strategy in ("neuron", "global_neuron"):
+        try:
+            structured.sequential_links(params_shape)
+        except ValueError as e:
+            raise config_lib.ConfigError(
+                f"config.prune.strategy: {strategy!r} needs a sequential network (LeNet, Conv-2/4/6)"
+                f" whose layers feed one another in order: {e}") from None
+
+
 def _dataset_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict(config.dataset.to_dict())
     d.path = d.path or None
@@ -197,10 +218,18 @@ def next_mask(exp: Experiment, trained: PyTree, mask: PyTree, rounds: int) -> Py
     """``mask`` pruned by ``rounds`` rounds at once by the magnitudes of ``trained``: 1 round from
     the previous level's ticket (iterative pruning), or L rounds from the dense mask (one-shot
     pruning to level L, the compound rate). Pure; vmap it over trials."""
-    if exp.strategy == "global":
-        return pruning.global_magnitude(trained, mask, pruning.compound_rate(exp.global_rate, rounds),
-                                        exp.rates)
+    nm = config_lib.nm_pattern(exp.strategy)
+    if nm is not None:  # every leaf with a rate > 0 goes to N:M, one weight per group per round
+        return structured.nm_iterative(trained, mask, exp.rates, rounds, n=nm[0], m=nm[1],
+                                       partial="pad")
+    if exp.strategy in ("global", "global_neuron"):
+        rate = pruning.compound_rate(exp.global_rate, rounds)
+        if exp.strategy == "global_neuron":
+            return structured.global_neuron_magnitude(trained, mask, rate, exp.rates)
+        return pruning.global_magnitude(trained, mask, rate, exp.rates)
     rates = jax.tree.map(lambda r: pruning.compound_rate(r, rounds), exp.rates)
+    if exp.strategy == "neuron":
+        return structured.neuron_magnitude(trained, mask, rates)
     return pruning.layerwise_magnitude(trained, mask, rates)
 
 

@@ -193,7 +193,8 @@ CONFIG_HELP: dict[str, str] = {
     "train.test_every_evals": "test curve at every N-th evaluation (1 = all, 0 = none); the test "
                               "accuracy at early stop is exact regardless",
     "train.eval_batch_size": "batch size of the evaluation passes",
-    "prune.strategy": "paper (the network's own: layerwise or global) | layerwise | global",
+    "prune.strategy": "paper (the network's own: layerwise or global) | layerwise | global | "
+                      "neuron | global_neuron (whole neurons/filters) | N:M, e.g. 2:4",
     "prune.rules": "((regex, rate), ...): per-round rate of the leaves whose whole '/'-path "
                    "matches; first match wins; () = the model's paper rules",
     "prune.global_rate": "per-round rate of global pruning; 0 = the rules' (single) rate",
