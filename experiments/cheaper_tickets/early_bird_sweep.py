@@ -10,12 +10,14 @@ shuffles) on the same lottery and config as the main run (``experiments/cheaper_
 ``OUT/early_bird_sweep.md``: per setting and target density, the iteration at which the detector
 fired (mean and range over trials; how many trials fired at all), the mean test accuracy at early
 stop of the early-bird ticket, and IMP's from the main run's records in ``WORKDIR``; the main run's
-own setting (ε = 0.1, W = 5) is the first row, read from those records.
+own setting (ε = 0.1, W = 5) is the first row, read from those records. Each setting's records are
+copied to ``OUT/early_bird_sweep/early_bird_eps<ε>_w<W>.jsonl``.
 """
 
 import argparse
 import importlib.util
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -67,6 +69,9 @@ def main() -> None:
                                       methods=["earlybird"], options=options,
                                       log=lambda line: print("  " + line, flush=True))
         results.append(((epsilon, window), _rows(records, "earlybird")))
+        os.makedirs(os.path.join(args.out, "early_bird_sweep"), exist_ok=True)
+        shutil.copy(os.path.join(workdir, cheaper_tickets.RECORDS),
+                    os.path.join(args.out, "early_bird_sweep", os.path.basename(workdir) + ".jsonl"))
 
     lines = ["# Early-bird: the effect of ε and W", "",
              "LeNet-300-100 on Fashion-MNIST, the lottery and config of this folder's main run, "
