@@ -88,3 +88,53 @@ def test_builds_model_and_trains_a_few_steps(name):
         assert variables["batch_stats"]
     else:
         assert exp.strategy == "layerwise" and not exp.trainer.augment
+
+
+# ----------------------------------------------------------------------------- recorded experiments
+
+EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "experiments")
+
+
+def load_experiment_config(path, arg=None):
+    spec = importlib.util.spec_from_file_location("experiment_config", os.path.join(EXPERIMENTS, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config() if arg is None else module.get_config(arg)
+
+
+def without_runtime(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != "runtime"}
+
+
+STRUCTURED = ("unstructured", "2:4", "1:4", "neuron")
+
+
+@pytest.mark.parametrize("path, arg", [
+    ("lenet_fashion_mnist/config.py", None), ("conv2_fashion_mnist/config.py", None),
+    ("cheaper_tickets/config.py", None), ("instability/lenet.py", None),
+    ("instability/conv2.py", None)] + [("structured_sparsity/config.py", p) for p in STRUCTURED])
+def test_experiment_config_is_valid(path, arg):
+    config_lib.validate(load_experiment_config(path, arg))
+
+
+def test_recorded_experiments_were_made_by_their_config_files():
+    """The records in experiments/ are what the folders' commands make: each recorded config
+    equals its config file's (runtime.* aside, which changes how, not what, is computed)."""
+    import json
+
+    def recorded(*parts):
+        with open(os.path.join(EXPERIMENTS, *parts)) as f:
+            return json.load(f)
+
+    for pattern in STRUCTURED:
+        made = lottery.config_to_json(load_experiment_config("structured_sparsity/config.py", pattern))
+        saved = recorded("structured_sparsity", pattern.replace(":", "_"), "config.json")
+        assert without_runtime(saved) == without_runtime(made), pattern
+    cheaper = lottery.config_to_json(load_experiment_config("cheaper_tickets/config.py"))
+    flat = recorded("cheaper_tickets", "cheaper_tickets_config.json")["config"]
+    assert flat["train.iterations"] == cheaper["train"]["iterations"] == 10_000
+    assert {k: v for k, v in flat.items() if k.startswith("prune.")} == {
+        f"prune.{k}": v for k, v in cheaper["prune"].items()}
+    instability = lottery.config_to_json(load_experiment_config("instability/lenet.py"))
+    saved = recorded("instability", "lenet", "instability_config.json")["config"]
+    assert without_runtime(saved) == without_runtime(instability)
