@@ -136,6 +136,9 @@ def main(argv):
     except (config_lib.ConfigError, data_lib.DatasetError, lottery.ExperimentError) as e:
         _fail(str(e))
     except lottery.Stopped as e:
+        if config.runtime.distributed and not e.abandoned:  # the processes stopped together
+            from lth_jax import processes
+            processes.shutdown()
         _stopped(workdir, e.signum, str(e), at_once=e.abandoned)
     except Exception as e:  # with several processes, a crash must not leave the others waiting
         if config.runtime.distributed:
@@ -145,12 +148,15 @@ def main(argv):
             traceback.print_exc()
             _fail(f"crashed: {type(e).__name__}: {e}", 1)
         raise
-    if _stop_requested():  # the experiment is complete: only the report is left out
-        _stopped(workdir, _stop_requested(), "stopped after the last level, before the report,")
+    primary = True
     if config.runtime.distributed:
         from lth_jax import processes
-        if not processes.is_primary():  # process 0 writes the report
-            return
+        primary = processes.is_primary()  # process 0 writes the report
+        processes.shutdown()
+    if _stop_requested():  # the experiment is complete: only the report is left out
+        _stopped(workdir, _stop_requested(), "stopped after the last level, before the report,")
+    if not primary:
+        return
     if _REPORT.value:
         from lth_jax import report
         report.write_report(workdir)

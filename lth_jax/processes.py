@@ -63,6 +63,19 @@ def initialize(runtime, *, platform_hint: str = "") -> None:
         _WATCHDOG[0].start()
 
 
+def shutdown() -> None:
+    """Leave the experiment together: stop the watchdog, then enter JAX's shutdown barrier
+    (``jax.distributed.shutdown``), which every process must call. Call it before exiting, after
+    a stop or at the end of the experiment. Without it, process 0's exit can take the coordination
+    service away while another process's JAX client still polls it, and that process dies by
+    SIGABRT in the interpreter's teardown. No-op with one process."""
+    if not initialized():
+        return
+    if _WATCHDOG:
+        _WATCHDOG[0].stopped.set()  # others leaving is no longer a failure
+    jax.distributed.shutdown()
+
+
 def initialized() -> bool:
     """Whether ``initialize`` connected this process to others (without starting a backend)."""
     return _client() is not None
@@ -172,11 +185,12 @@ class Watchdog(threading.Thread):
         self.client = client  # (tests pass their own; else JAX's, once initialized)
         self.me = jax.process_index() if me is None else me
         self.n = jax.process_count() if n is None else n
+        self.stopped = threading.Event()  # set by ``shutdown``: the processes leave together
 
     def run(self) -> None:
         client = self.client or _client()
         beat, seen, unreachable_since = 0, {}, None
-        while True:
+        while not self.stopped.is_set():
             now = time.monotonic()
             try:
                 beat += 1
@@ -186,12 +200,14 @@ class Watchdog(threading.Thread):
                 unreachable_since = None
             except Exception as e:  # noqa: BLE001 -- the coordinator (process 0) is gone
                 unreachable_since = unreachable_since or now
+                if self.stopped.is_set():
+                    return
                 if now - unreachable_since > self.timeout:
                     return self.exit_fn(
                         f"lth_jax: error: the coordinator (process 0 of {self.n}) cannot be "
                         f"reached ({type(e).__name__}); stopping. Run the same command again on "
                         "every host to resume from the saved progress.", EXIT_PEER_LOST)
-                time.sleep(self.period)
+                self.stopped.wait(self.period)
                 continue
             for peer in range(self.n):
                 if peer == self.me:
@@ -208,7 +224,7 @@ class Watchdog(threading.Thread):
                         f"of life for {self.timeout:g} s: it died or its host is down); stopping "
                         "this one too. Run the same command again on every host to resume from "
                         "the saved progress.", EXIT_PEER_LOST)
-            time.sleep(self.period)
+            self.stopped.wait(self.period)
 
 
 def _entries(client, directory: str) -> dict[int, str]:

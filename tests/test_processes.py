@@ -99,6 +99,18 @@ def test_watchdog_stops_when_the_coordinator_is_gone():
         "lth_jax: error: the coordinator (process 0 of 2) cannot be reached (RuntimeError)")
 
 
+def test_a_stopped_watchdog_lets_the_others_leave_silently():
+    """After ``shutdown`` stops it, peers that go quiet and a coordinator that goes away (the
+    processes leaving together) end the watchdog without a word, at once."""
+    service = FakeService()
+    dog, said = _watch(service, timeout=0.1)
+    dog.start()
+    dog.stopped.set()
+    service.down = True
+    dog.join(1)
+    assert not dog.is_alive() and said == []
+
+
 # ----------------------------------------------------------------------------- accelerator paths
 
 @pytest.fixture(scope="module")
