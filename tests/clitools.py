@@ -37,7 +37,7 @@ def cli_env() -> dict:
     cache = os.environ.get("LTH_JAX_TEST_CACHE")
     if cache:  # compiled programs are shared between the CLI processes of the session
         env["JAX_COMPILATION_CACHE_DIR"] = cache
-        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     return env
 
 
