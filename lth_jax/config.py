@@ -198,6 +198,24 @@ def _choice(c, field: str, options) -> str:
     return value
 
 
+def load_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """``get_config()`` of the config file at ``path`` (``get_config(arg)`` when ``arg`` is given),
+    as ``--config=PATH[:ARG]`` loads it. For configs built on another config file, e.g.
+    ``load_file(os.path.join(os.path.dirname(__file__), "other.py"))``.
+
+    Raises:
+      OSError: the file cannot be loaded.
+    """
+    import importlib.util
+
+    module_spec = importlib.util.spec_from_file_location("_lth_jax_config_file", path)
+    if module_spec is None or module_spec.loader is None:
+        raise OSError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config() if arg is None else module.get_config(arg)
+
+
 def nm_pattern(strategy: str) -> tuple[int, int] | None:
     """``(n, m)`` of an N:M strategy string such as "2:4" (1 <= n < m <= 64); None for any other
     string. A malformed "N:M" (e.g. "4:4", "0:4") is None too, and refused by ``validate``."""

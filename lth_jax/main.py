@@ -242,19 +242,6 @@ def _config_fields(config, prefix: str = "") -> list[tuple[str, object]]:
     return out
 
 
-def _load_config_file(spec: str):
-    """``get_config()`` of a config file given as ``--config=PATH[:ARG]``."""
-    import importlib.util
-
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("_lth_jax_help_config", path)
-    if module_spec is None or module_spec.loader is None:
-        raise OSError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
-
-
 def help_text(argv: list[str]) -> str:
     """The --help text: usage, flags, and every config field with its value and meaning; at most
     100 columns. With ``--config=FILE`` the values are that file's, else ``base_config()``'s."""
@@ -269,7 +256,8 @@ def help_text(argv: list[str]) -> str:
     config = config_lib.base_config()
     if spec:
         try:
-            config, source = _load_config_file(spec), f"values of {spec}"
+            path, _, arg = spec.partition(":")  # --config=PATH[:ARG], as config_flags reads it
+            config, source = config_lib.load_file(path, arg or None), f"values of {spec}"
         except Exception as e:  # noqa: BLE001 -- help must still print
             note = f"(could not load {spec}: {type(e).__name__}: {e}; showing the defaults)"
     lines = [

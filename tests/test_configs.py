@@ -1,6 +1,5 @@
 """The paper configs: their hyperparameters, and each builds its model and takes training steps."""
 
-import importlib.util
 import os
 
 import jax
@@ -17,10 +16,7 @@ PAPER = ["lenet300_100", "conv2", "conv4", "conv6", "conv2_dropout", "conv4_drop
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIGS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_lib.load_file(os.path.join(CONFIGS, f"{name}.py"))
 
 
 @pytest.mark.parametrize("name", PAPER + ["quickstart", "tiny"])
@@ -101,10 +97,7 @@ EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "experiments")
 
 
 def load_experiment_config(path, arg=None):
-    spec = importlib.util.spec_from_file_location("experiment_config", os.path.join(EXPERIMENTS, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config() if arg is None else module.get_config(arg)
+    return config_lib.load_file(os.path.join(EXPERIMENTS, path), arg)
 
 
 def without_runtime(config: dict) -> dict:

@@ -20,17 +20,14 @@ The lottery's levels 3, 7, 12 and 15 hold 51.3%, 21.1%, 7.0% and 3.6% of the wei
 target densities of the mode.
 """
 
-import importlib.util
 import os
+
+from lth_jax.config import load_file
 
 
 def get_config():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
-                        "lenet_fashion_mnist", "config.py")
-    spec = importlib.util.spec_from_file_location("lenet_fashion_mnist_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = load_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
+                               "lenet_fashion_mnist", "config.py"))
     c.train.iterations = 10_000
     c.controls.reinit = False
     c.controls.random_prune = False

@@ -15,7 +15,6 @@ copied to ``OUT/early_bird_sweep/early_bird_eps<ε>_w<W>.jsonl``.
 """
 
 import argparse
-import importlib.util
 import os
 import shutil
 import sys
@@ -26,14 +25,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 from lth_jax import cheaper_tickets  # noqa: E402
+from lth_jax import config as config_lib  # noqa: E402
 
 
 def _config():
-    spec = importlib.util.spec_from_file_location("cheaper_tickets_config",
-                                                  os.path.join(HERE, "config.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_lib.load_file(os.path.join(HERE, "config.py"))
 
 
 def _rows(records, method):

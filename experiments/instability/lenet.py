@@ -9,16 +9,13 @@ ticket masks can come from that experiment's lottery workdir (same θ₀, same d
         --levels=3,7,12 --ks=0,100,500,1000,2000,4000
 """
 
-import importlib.util
 import os
+
+from lth_jax.config import load_file
 
 
 def get_config():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
-                        "cheaper_tickets", "config.py")
-    spec = importlib.util.spec_from_file_location("cheaper_tickets_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = load_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
+                               "cheaper_tickets", "config.py"))
     c.trials = 2
     return c

@@ -22,8 +22,9 @@ curve every 1,000) with 10K iterations per training instead of 50K, as in
 Level 0 is the same dense training in all four workdirs (same seed).
 """
 
-import importlib.util
 import os
+
+from lth_jax.config import load_file
 
 #: pattern -> (prune.strategy, prune.levels)
 PATTERNS = {
@@ -37,12 +38,8 @@ PATTERNS = {
 def get_config(pattern: str = "unstructured"):
     if pattern not in PATTERNS:
         raise ValueError(f"unknown pattern {pattern!r}; choose one of {', '.join(PATTERNS)}")
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
-                        "lenet_fashion_mnist", "config.py")
-    spec = importlib.util.spec_from_file_location("lenet_fashion_mnist_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = load_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
+                               "lenet_fashion_mnist", "config.py"))
     c.train.iterations = 10_000
     c.trials = 2
     c.prune.strategy, c.prune.levels = PATTERNS[pattern]
