@@ -63,7 +63,7 @@ def test_help_with_a_config_file_shows_its_values():
     lines = {l.split()[0]: l.split()[1] for l in result.stdout.splitlines() if l.startswith("  ") and
              len(l.split()) > 1 and "." in l.split()[0]}
     assert lines["dataset.name"] == "'fashion_mnist'"
-    quickstart = main._load_config_file(str(ROOT / "configs" / "quickstart.py"))
+    quickstart = config_lib.load_file(str(ROOT / "configs" / "quickstart.py"))
     assert lines["prune.levels"] == str(quickstart.prune.levels)
 
 
@@ -151,7 +151,7 @@ def test_pyproject_license_is_an_spdx_string():
 
 
 def test_quickstart_level_count_agrees_in_readme_script_and_config():
-    quickstart = main._load_config_file(str(ROOT / "configs" / "quickstart.py"))
+    quickstart = config_lib.load_file(str(ROOT / "configs" / "quickstart.py"))
     texts = {
         "README.md": (ROOT / "README.md").read_text(),
         "experiments/quickstart.sh": "\n".join(l.lstrip("# ") for l in
