@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import FAST_COMPILE, REPO
 from lth_jax import lottery
 from lth_jax import workdir as workdir_lib
 
@@ -31,9 +31,12 @@ def error_line(stderr: str) -> str:
     return lines[0]
 
 
-def cli_env() -> dict:
+def cli_env(xla_flags: str = "") -> dict:
+    """The environment of a CLI subprocess: the session's compilation cache, the test processes'
+    ``FAST_COMPILE`` (so that its numbers equal theirs), and ``xla_flags`` (none: the CLI's own
+    default of one host device per core)."""
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # the CLI's own default: one host device per core
+    env["XLA_FLAGS"] = f"{FAST_COMPILE} {xla_flags}".strip()
     cache = os.environ.get("LTH_JAX_TEST_CACHE")
     if cache:  # compiled programs are shared between the CLI processes of the session
         env["JAX_COMPILATION_CACHE_DIR"] = cache

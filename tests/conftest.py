@@ -7,6 +7,15 @@ import tempfile
 
 import jax
 
+#: XLA's CPU backend without LLVM's optimisations, for every program the tests compile, in the test
+#: processes and in the CLI processes they start (``clitools.cli_env``): the suite's programs are
+#: small and run for a few steps, so its time is compiling, which this cuts (BUILD_NOTES.md). The
+#: one test that trains for real under it, the README's linen example, compiles optimised
+#: (``test_readme.OPTIMIZED``). XLA reads XLA_FLAGS when its CPU client starts: after this import.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+if FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):  # (xdist's workers inherit it)
+    os.environ["XLA_FLAGS"] = f"{FAST_COMPILE} {os.environ.get('XLA_FLAGS', '')}".strip()
+
 _CACHE = os.environ.get("LTH_JAX_TEST_CACHE") or tempfile.mkdtemp(prefix="lth_jax_xla_cache_")
 os.environ.setdefault("LTH_JAX_TEST_CACHE", _CACHE)  # subprocesses started by tests share it
 jax.config.update("jax_compilation_cache_dir", _CACHE)

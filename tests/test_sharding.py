@@ -2,10 +2,11 @@
 is fixed when JAX starts), whole and in chunks."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
+
+from clitools import cli_env
 
 SCRIPT = textwrap.dedent("""
     import json, sys
@@ -50,12 +51,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_runs_sharded_and_data_parallel_on_two_cpu_devices():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false"
-    cache = os.environ.get("LTH_JAX_TEST_CACHE")
-    if cache:  # the session's compiled programs (a rerun of the suite's file compiles nothing)
-        env["JAX_COMPILATION_CACHE_DIR"] = cache
-        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env = cli_env("--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false")
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
                           timeout=600)
     lines = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")]
