@@ -5,6 +5,9 @@ trains trial 0's dense network of ../config.py (same θ₀, data order and step 
 level 0) for up to 20,000 iterations, printing the training loss and the validation loss and
 accuracy every 100 iterations; stop it when the curve has turned. dense_probe.log is the run that
 chose the experiment's budget (2026-11-25, shared 2-core CPU, stopped at 3,600 iterations).
+
+An optional argument sets Adam's learning rate (default: the config's, the paper's 2e-4), e.g.
+`python experiments/conv2_fashion_mnist/probe/dense_probe.py 1e-3` (dense_probe_lr1e-3.log).
 """
 import sys, time, importlib.util, jax, jax.numpy as jnp, numpy as np
 sys.path.insert(0, ".")
@@ -12,6 +15,8 @@ from lth_jax import lottery, masks, data as data_lib
 spec = importlib.util.spec_from_file_location("cfg", "experiments/conv2_fashion_mnist/config.py")
 m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
 c = m.get_config(); c.trials = 1; c.prune.levels = 0; c.train.iterations = 20000
+if len(sys.argv) > 1: c.train.learning_rate = float(sys.argv[1])
+print('learning rate', c.train.learning_rate, flush=True)
 exp = lottery.setup(c)
 tr = exp.trainer
 v = exp.init_variables(lottery.trial_key(0, 0, lottery.INIT))
