@@ -7,7 +7,9 @@ Every ``configs/*.py`` starts from ``base_config()`` and sets the paper's values
   canonical_vjp: the convolution implementation)
 * ``dataset``: ``name``, ``source`` (tfds | files | synthetic), ``path``, ``data_dir``,
   ``validation_size``, ``augment`` (auto | on | off) and, for synthetic data, ``image_shape`` (() =
-  the shape of ``name``), ``num_classes``, ``train_size``, ``test_size``
+  the shape of ``name``), ``num_classes``, ``train_size``, ``test_size``; optional, not in
+  ``base_config()`` (so that configs without it keep their experiment identity):
+  ``train_subset`` (train on only the first N examples left after the validation hold-out)
 * ``train``: ``iterations``, ``batch_size``, ``optimizer`` (adam | sgd | momentum),
   ``learning_rate``, ``momentum``, ``weight_decay``, ``lr_drops`` (iterations), ``lr_drop_factor``,
   ``warmup_iterations``, ``eval_every``, ``test_every_evals`` (0 = no test curve), ``eval_batch_size``
@@ -226,6 +228,11 @@ def nm_pattern(strategy: str) -> tuple[int, int] | None:
     return (n, m) if 1 <= n < m <= 64 else None
 
 
+#: Fields a config may add to ``base_config()``'s. Not in it, so that adding them did not change
+#: the experiment identity (``workdir.identity``) of the configs that do not set them.
+OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {"dataset": ("train_subset",)}
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
     """Check every field before any training; raise ConfigError naming the first bad field.
 
@@ -242,7 +249,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
         if isinstance(expected[group], ml_collections.ConfigDict):
             if not isinstance(c[group], ml_collections.ConfigDict):
                 _fail(group, f"must be a group of fields, got {c[group]!r}")
-            unknown = sorted(set(c[group].keys()) - set(expected[group].keys()))
+            unknown = sorted(set(c[group].keys()) - set(expected[group].keys())
+                             - set(OPTIONAL_FIELDS.get(group, ())))
             if unknown:
                 _fail(f"{group}.{unknown[0]}",
                       f"unknown field; {group} has {', '.join(sorted(expected[group].keys()))}")
@@ -269,6 +277,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail("dataset.name", f"unknown dataset {c.dataset.name!r} for source {source!r}; "
                               "choose mnist, fashion_mnist or cifar10 (or source=synthetic)")
     _int_at_least(c, "dataset.validation_size", 0)
+    if "train_subset" in c.dataset:  # optional: see the module docstring
+        _int_at_least(c, "dataset.train_subset", 0)
     _choice(c, "dataset.augment", AUGMENT)
     if source == "synthetic":
         shape = _sequence(c, "dataset.image_shape")

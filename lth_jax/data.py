@@ -120,6 +120,7 @@ _DEFAULTS: dict[str, Any] = {
     "path": None,
     "data_dir": None,
     "validation_size": 5000,
+    "train_subset": None,  # None or 0: every training example kept after the validation hold-out
     # synthetic only
     "image_shape": None,  # None or (): the named dataset's shape if it is a known one, else 28x28x1
     "num_classes": 10,
@@ -167,6 +168,9 @@ def load(config: Any, seed: int = 0) -> Dataset:
           then /usr/share/datasets/<name>, each also with the hyphenated name ("fashion-mnist").
         data_dir: TFDS data dir (source="tfds"); None uses TFDS's default.
         validation_size: examples held out of the training split (default 5000; 0 allowed).
+        train_subset: train on only the first N (in the source's order) of the examples left after
+          the validation hold-out; None or 0 (default) keeps them all. The validation and test
+          examples do not change with it.
         synthetic only: image_shape (default: the shape of the dataset `name` if it is a known
           one, e.g. 32x32x3 for "cifar10", else (28, 28, 1)), num_classes (10), train_size (60000),
           test_size (10000), noise (per-pixel std; default sqrt(H*W*C / 196)).
@@ -180,7 +184,8 @@ def load(config: Any, seed: int = 0) -> Dataset:
 
     Raises:
       DatasetError: unknown source or name, bad field, missing/malformed files, unprepared TFDS
-        dataset, labels out of range, validation_size >= the training split's size.
+        dataset, labels out of range, validation_size >= the training split's size, train_subset
+        larger than what is left of it.
 
     `load` never downloads: an unprepared TFDS dataset raises at once instead of hanging offline.
     """
@@ -222,6 +227,15 @@ def load(config: Any, seed: int = 0) -> Dataset:
     perm = np.random.default_rng([seed, _SPLIT_STREAM]).permutation(n)
     val_idx = np.sort(perm[:validation_size])
     train_idx = np.sort(perm[validation_size:])
+    subset = _field(config, "train_subset") or 0
+    if subset:
+        subset = _int_field(config, "train_subset", 0)
+        if subset > len(train_idx):
+            raise DatasetError(
+                f"config.dataset.train_subset={subset} is larger than the {len(train_idx)} training "
+                f"examples of {name} left after the validation hold-out."
+            )
+        train_idx = train_idx[:subset]
 
     train_images = _to_float(train_x[train_idx])
     validation_images = _to_float(train_x[val_idx])

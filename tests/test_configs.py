@@ -136,3 +136,16 @@ def test_recorded_experiments_were_made_by_their_config_files():
     instability = lottery.config_to_json(load_experiment_config("instability/lenet.py"))
     saved = recorded("instability", "lenet", "instability_config.json")["config"]
     assert without_runtime(saved) == without_runtime(instability)
+
+
+def test_train_subset_is_optional_and_checked():
+    """dataset.train_subset is not in base_config (configs without it keep their experiment
+    identity); set, it is validated like the other sizes and reaches the data."""
+    c = load("tiny")
+    assert "train_subset" not in c.dataset
+    c.dataset.train_subset = 300
+    config_lib.validate(c)
+    assert lottery.setup(c).data.train_images.shape[0] == 300
+    c.dataset.train_subset = -1
+    with pytest.raises(config_lib.ConfigError, match="dataset.train_subset"):
+        config_lib.validate(c)

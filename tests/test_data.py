@@ -401,6 +401,36 @@ def test_validation_size_too_big():
         data.load(_synthetic(validation_size=60))
 
 
+def test_train_subset_is_the_first_examples_of_the_training_part(tmp_path):
+    arrays = _write_mnist(tmp_path, n_train=50)
+    config = {"name": "mnist", "source": "files", "path": tmp_path, "validation_size": 10}
+    full = data.load(config, seed=3)
+    for zero in (0, None):
+        np.testing.assert_array_equal(data.load({**config, "train_subset": zero}, seed=3).train_images,
+                                      full.train_images)
+    part = data.load({**config, "train_subset": 15}, seed=3)
+    assert part.train_images.shape == (15, 28, 28, 1) and part.train_labels.shape == (15,)
+    # the first 15 of the 40 kept by the hold-out, in file order; their own normalisation
+    np.testing.assert_array_equal(_pixels(part.train_images, part.info),
+                                  _pixels(full.train_images, full.info)[:15])
+    np.testing.assert_array_equal(part.train_labels, full.train_labels[:15])
+    first = _pixels(part.train_images, part.info)[:, :, :, 0]
+    rows = [int(np.flatnonzero((arrays["train-images-idx3-ubyte"] == img).all(axis=(1, 2)))[0])
+            for img in first]
+    assert rows == sorted(rows)
+    expected_mean = arrays["train-images-idx3-ubyte"][rows].astype(np.float64).mean() / 255.0
+    assert part.info.mean[0] == pytest.approx(expected_mean, rel=1e-5)
+    # validation and test examples do not change
+    np.testing.assert_array_equal(part.validation_labels, full.validation_labels)
+    np.testing.assert_array_equal(part.test_labels, full.test_labels)
+    np.testing.assert_array_equal(_pixels(part.validation_images, part.info),
+                                  _pixels(full.validation_images, full.info))
+    with pytest.raises(DatasetError, match="train_subset=41 is larger than the 40 training"):
+        data.load({**config, "train_subset": 41}, seed=3)
+    with pytest.raises(DatasetError, match="config.dataset.train_subset"):
+        data.load({**config, "train_subset": -2}, seed=3)
+
+
 def test_synthetic_is_learnable_but_not_trivial():
     ds = data.load(_synthetic(image_shape=(28, 28, 1), num_classes=10, train_size=2000,
                               test_size=1000, validation_size=0))
