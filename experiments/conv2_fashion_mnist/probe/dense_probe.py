@@ -3,11 +3,17 @@
 Run from the repository root (`python experiments/conv2_fashion_mnist/probe/dense_probe.py`); it
 trains trial 0's dense network of ../config.py (same θ₀, data order and step as the experiment's
 level 0) for up to 20,000 iterations, printing the training loss and the validation loss and
-accuracy every 100 iterations; stop it when the curve has turned. dense_probe.log is the run that
-chose the experiment's budget (2026-11-25, shared 2-core CPU, stopped at 3,600 iterations).
+accuracy every 100 iterations; stop it when the curve has turned.
+
+* dense_probe_subset10k.log chose the experiment's budget: the config as it is (10K training
+  examples), 2026-12-02, one core of the 2-core AMD EPYC (`taskset -c 1`), stopped at 1,600
+  iterations; lowest validation loss 0.306 at 1,300.
+* dense_probe.log is the run on all 55K training examples (2026-11-25, shared 2-core CPU, stopped
+  at 3,600 iterations, validation loss still falling: 0.207 at 3,400): the budget a full-data
+  experiment would need, too long for this CPU (README.md).
 
 An optional argument sets Adam's learning rate (default: the config's, the paper's 2e-4), e.g.
-`python experiments/conv2_fashion_mnist/probe/dense_probe.py 1e-3` (dense_probe_lr1e-3.log).
+`python experiments/conv2_fashion_mnist/probe/dense_probe.py 1e-3`.
 """
 import sys, time, importlib.util, jax, jax.numpy as jnp, numpy as np
 sys.path.insert(0, ".")
