@@ -133,6 +133,8 @@ def test_recorded_experiments_were_made_by_their_config_files():
     assert flat["train.iterations"] == cheaper["train"]["iterations"] == 10_000
     assert {k: v for k, v in flat.items() if k.startswith("prune.")} == {
         f"prune.{k}": v for k, v in cheaper["prune"].items()}
+    conv2 = lottery.config_to_json(load_experiment_config("conv2_fashion_mnist/config.py"))
+    assert without_runtime(recorded("conv2_fashion_mnist", "config.json")) == without_runtime(conv2)
     instability = lottery.config_to_json(load_experiment_config("instability/lenet.py"))
     saved = recorded("instability", "lenet", "instability_config.json")["config"]
     assert without_runtime(saved) == without_runtime(instability)
