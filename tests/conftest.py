@@ -2,19 +2,40 @@
 so that programs compiled once (the same experiment run again, e.g. for resume) are not compiled
 again. Compilation dominates the suite's time on a CPU."""
 
+import contextlib
+import functools
 import os
 import tempfile
 
 import jax
+import pytest
 
-#: XLA's CPU backend without LLVM's optimisations, for every program the tests compile, in the test
-#: processes and in the CLI processes they start (``clitools.cli_env``): the suite's programs are
-#: small and run for a few steps, so its time is compiling, which this cuts (BUILD_NOTES.md). The
-#: one test that trains for real under it, the README's linen example, compiles optimised
-#: (``test_readme.OPTIMIZED``). XLA reads XLA_FLAGS when its CPU client starts: after this import.
-FAST_COMPILE = "--xla_backend_optimization_level=0"
+#: XLA's CPU backend without LLVM's optimisations and with its older (non-MLIR) fusion emitters,
+#: for every program the tests compile, in the test processes and in the CLI processes they start
+#: (``clitools.cli_env``): the suite's programs are small and run for a few steps, so its time is
+#: compiling, which each of the two flags cuts (BUILD_NOTES.md). The one test that trains for real
+#: under it, the README's linen example, compiles optimised (``test_readme.OPTIMIZED``). XLA reads
+#: XLA_FLAGS when its CPU client starts: after this import.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 if FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):  # (xdist's workers inherit it)
     os.environ["XLA_FLAGS"] = f"{FAST_COMPILE} {os.environ.get('XLA_FLAGS', '')}".strip()
+
+#: What the older emitters do not keep: programs that compute the same steps in loops of another
+#: shape (slices of 1 or 50 steps, a level resumed mid-way, a test pass every other evaluation,
+#: runs spread over devices) are bitwise equal under XLA's fusion emitters (the default, O0 or
+#: not), not under the older ones (last-bit differences). The tests that compare such programs bit
+#: for bit compile with the fusion emitters (``fusion_emitters``, or the jit option in a subprocess).
+FUSION_EMITTERS = {"xla_cpu_use_fusion_emitters": True}
+
+
+@contextlib.contextmanager
+def fusion_emitters():
+    """Every ``jax.jit`` made inside compiles with ``FUSION_EMITTERS`` (jits made at import time
+    do not: they compile one program, the same on both sides of a comparison)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jax, "jit", functools.partial(jax.jit, compiler_options=FUSION_EMITTERS))
+        yield
+
 
 _CACHE = os.environ.get("LTH_JAX_TEST_CACHE") or tempfile.mkdtemp(prefix="lth_jax_xla_cache_")
 os.environ.setdefault("LTH_JAX_TEST_CACHE", _CACHE)  # subprocesses started by tests share it

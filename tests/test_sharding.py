@@ -7,9 +7,10 @@ import sys
 import textwrap
 
 from clitools import cli_env
+from conftest import FUSION_EMITTERS
 
 SCRIPT = textwrap.dedent("""
-    import json, sys
+    import functools, json, sys
     import jax, jax.numpy as jnp, numpy as np
     from lth_jax import config as config_lib, lottery, masks
     assert jax.device_count() == 2, jax.devices()
@@ -27,13 +28,17 @@ SCRIPT = textwrap.dedent("""
     rng = np.random.default_rng(0)
     mask = jax.tree.map(lambda p: jnp.asarray(rng.random(p.shape) < 0.6), v["params"])
     params = jax.vmap(masks.apply)(v["params"], mask)
-    out = {}
+    out, jit = {}, jax.jit
     for name, runner in {
-        "one_device": lottery.Runner(exp, 1, "map"),
-        "runs_over_two": lottery.Runner(exp, 2, "map"),
-        "vmap_over_two": lottery.Runner(exp, 2, "vmap"),
-        "data_parallel": lottery.Runner(exp, 2, "map", data_parallel=True),
+        "one_device": lambda: lottery.Runner(exp, 1, "map"),
+        "runs_over_two": lambda: lottery.Runner(exp, 2, "map"),
+        "vmap_over_two": lambda: lottery.Runner(exp, 2, "vmap"),
+        "data_parallel": lambda: lottery.Runner(exp, 2, "map", data_parallel=True),
     }.items():
+        # The two compared bit for bit compile with XLA's fusion emitters (conftest.FUSION_EMITTERS).
+        jax.jit = (functools.partial(jit, compiler_options=FUSION_EMITTERS)
+                   if name in ("one_device", "runs_over_two") else jit)
+        runner = runner()
         r = runner(params, v["batch_stats"], mask, keys, keys, start=0, capture=-1)
         zero = all(bool(np.all(np.asarray(p)[~np.asarray(m)] == 0))
                    for p, m in zip(jax.tree.leaves(r.params), jax.tree.leaves(mask)))
@@ -47,7 +52,7 @@ SCRIPT = textwrap.dedent("""
             out["chunks_equal"] = all(bool(np.array_equal(a, b)) for a, b in
                                       zip(jax.tree.leaves(r), jax.tree.leaves(chunked)))
     print("RESULT " + json.dumps(out))
-""")
+""").replace("FUSION_EMITTERS", repr(FUSION_EMITTERS))
 
 
 def test_runs_sharded_and_data_parallel_on_two_cpu_devices():

@@ -6,10 +6,18 @@ import ml_collections
 import numpy as np
 import pytest
 
+from conftest import fusion_emitters
 from lth_jax import config as config_lib
 from lth_jax import data as data_lib
 from lth_jax import masks, models
 from lth_jax import train as train_lib
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fusion_emitters():
+    """This file compares programs of other loop shapes bit for bit (conftest.FUSION_EMITTERS)."""
+    with fusion_emitters():
+        yield
 
 
 def train_cfg(**kw):
