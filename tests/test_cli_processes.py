@@ -45,7 +45,7 @@ def test_two_processes_write_the_records_of_one_each_once_and_resume(tmp_path):
     records of one process with two devices, line for line (timings aside), each written once."""
     # Levels 0..1: the stop and the resume are in level 1, its last (a level after it would
     # only repeat level 1's programs, ~10 s of this test's time).
-    flags = [*FLAGS, "--config.train.iterations=1000", "--config.runtime.checkpoint_minutes=10",
+    flags = [*FLAGS, "--config.train.iterations=400", "--config.runtime.checkpoint_minutes=10",
              "--config.prune.levels=1"]
     rc, _, err = run_cli(str(tmp_path / "one"), *flags)  # one process, two host devices
     assert rc == 0, err[-3000:]

@@ -102,8 +102,9 @@ def test_a_stop_gives_up_a_chunk_that_runs_on_past_the_wait(tmp_path, monkeypatc
     last checkpoint stands, and a rerun finishes the level as if nothing had happened."""
     monkeypatch.setattr(lottery, "STOP_WAIT_SECONDS", 0.0)
     workdir = str(tmp_path / "run")
-    # One long chunk for the rest of level 0 after its first slice (~1 s of training).
-    cfg = tiny(runtime__chunk_seconds=1e4, train__iterations=5000, prune__levels=0,
+    # One long chunk for the rest of level 0 after its first slice (~0.6 s of training: the stop
+    # gives it up within a poll, ~10 ms).
+    cfg = tiny(runtime__chunk_seconds=1e4, train__iterations=1000, prune__levels=0,
                runtime__checkpoint_minutes=1e-9)  # a checkpoint after every chunk
     calls, original = [], lottery.Training.advance
 
