@@ -22,7 +22,8 @@ Every ``configs/*.py`` starts from ``base_config()`` and sets the paper's values
   ``coordinator_address``, ``num_processes``, ``process_id`` and ``process_timeout_seconds`` for
   several processes), ``matmul_precision`` (auto | default | high | highest),
   ``checkpoint_minutes`` (intra-level checkpoints; 0 = at level ends only), ``chunk_seconds``
-  (training time between two stop checks), ``slice_iterations`` (a chunk is whole slices of this
+  (training time between two stop checks), ``stop_wait_seconds`` (how long a stop waits for the
+  chunk in flight, to save its progress, before giving it up), ``slice_iterations`` (a chunk is whole slices of this
   many steps, a divisor of ``eval_every``; 0 = automatic, up to 10), ``progress_seconds``
   (between two progress lines).
   These change how, not what, is computed: a workdir may be resumed with other values.
@@ -119,6 +120,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.runtime.matmul_precision = "auto"  # auto (highest on CPU, default on GPU/TPU) | default | high | highest
     c.runtime.checkpoint_minutes = 10.0  # intra-level checkpoint every this often (0 = level ends only)
     c.runtime.chunk_seconds = 4.0     # each chunk of a level trains about this long: a stop waits for it
+    c.runtime.stop_wait_seconds = 8.0  # ... but at most this long (twice chunk_seconds), then gives it up
     c.runtime.slice_iterations = 0    # a chunk is whole slices of this many steps (0 = auto)
     c.runtime.progress_seconds = 30.0  # at most one progress line per this many seconds
     return c
@@ -349,6 +351,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail("runtime.checkpoint_minutes", f"must be >= 0, got {c.runtime.checkpoint_minutes}")
     if not _number(c, "runtime.chunk_seconds") > 0:
         _fail("runtime.chunk_seconds", f"must be > 0, got {c.runtime.chunk_seconds}")
+    if not _number(c, "runtime.stop_wait_seconds") >= 0:
+        _fail("runtime.stop_wait_seconds", f"must be >= 0, got {c.runtime.stop_wait_seconds}")
     slice_iterations = _int_at_least(c, "runtime.slice_iterations", 0)
     if slice_iterations and eval_every % slice_iterations:
         _fail("runtime.slice_iterations",

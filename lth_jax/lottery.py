@@ -65,11 +65,6 @@ CPU_FLOPS_ESTIMATE = 25e9
 #: The layout of an intra-level checkpoint's RunState (part of its inputs digest): 2 = with the
 #: period's training loss so far (``RunState.period_loss``), which slices need.
 PROGRESS_LAYOUT = 2
-#: A stop waits this long for the chunk in flight (to save its progress), then gives it up:
-#: twice runtime.chunk_seconds' default, so that an ordinary chunk finishes and is saved. Fixed,
-#: not a multiple of chunk_seconds: a stop is bounded whatever the config says.
-STOP_WAIT_SECONDS = 8.0
-
 #: The workdir or a checkpoint cannot be used for this experiment (one-line message).
 ExperimentError = workdir_lib.WorkdirError
 
@@ -1010,7 +1005,7 @@ class LevelTrainer:
     The chunk length follows the clock: each chunk aims at ``runtime.chunk_seconds`` of training
     (whole slices of ``runtime.slice_iterations`` steps, at least one), measured on the previous
     chunk, so that a stop asked for by ``stop`` is honoured within about that time on any device
-    (plus an evaluation, when the chunk ends a period; a chunk still running STOP_WAIT_SECONDS
+    (plus an evaluation, when the chunk ends a period; a chunk still running runtime.stop_wait_seconds
     after the stop is given up, with one process). Between chunks: a progress
     line (at most one per ``runtime.progress_seconds``), the stop check, and every
     ``runtime.checkpoint_minutes`` (0: never) an intra-level checkpoint, also written when a stop
@@ -1021,7 +1016,7 @@ class LevelTrainer:
     def __init__(self, exp: Experiment, store: Store, runner: Runner, log: Callable[[str], None],
                  check_stop: Callable[[str], None], stop: Callable[[], int] | None = None):
         self.exp, self.store, self.runner, self.log, self.check_stop = exp, store, runner, log, check_stop
-        #: With one process, a stop noted (``stop()``) while a chunk runs waits STOP_WAIT_SECONDS
+        #: With one process, a stop noted (``stop()``) while a chunk runs waits stop_wait_seconds
         #: for it, then gives it up (a long chunk: an evaluation of a big net, or a slow device).
         #: Several processes agree on stops between chunks only, so they always wait.
         self.stop = stop if processes.count() == 1 else None
@@ -1030,6 +1025,9 @@ class LevelTrainer:
         self.data_keys = jnp.stack([trial_key(seed, t, DATA) for t in range(trials)])
         self.noise_keys = jnp.stack([trial_key(seed, t, NOISE) for t in range(trials)])
         self.chunk_seconds = float(cfg.runtime.chunk_seconds)
+        # Its default is twice chunk_seconds', so that an ordinary chunk finishes and is saved; a
+        # separate number, not a multiple of chunk_seconds, so that a stop is bounded by itself.
+        self.stop_wait_seconds = float(cfg.runtime.stop_wait_seconds)
         self.progress_seconds = float(cfg.runtime.progress_seconds)
         self.checkpoint_seconds = 60.0 * float(cfg.runtime.checkpoint_minutes)
         self.rate = None  # model-steps/s measured so far (for the ETAs)
@@ -1112,7 +1110,7 @@ class LevelTrainer:
     def _poll(self, level: int, start: int, training: Training,
               saved_iterations: int | None) -> Callable[[], None] | None:
         """What ``Training.advance`` polls: gives the chunk up (``Stopped``, abandoned) once a
-        stop has waited STOP_WAIT_SECONDS for it."""
+        stop has waited ``runtime.stop_wait_seconds`` for it."""
         if self.stop is None:
             return None
         noted: list[float] = []
@@ -1123,7 +1121,7 @@ class LevelTrainer:
                 return
             if not noted:
                 noted.append(time.monotonic())
-            elif time.monotonic() - noted[0] >= STOP_WAIT_SECONDS:
+            elif time.monotonic() - noted[0] >= self.stop_wait_seconds:
                 kept = ("no progress saved" if saved_iterations is None else
                         f"progress saved at iteration {start + saved_iterations:,}")
                 raise Stopped(signum, f"stopped in level {level} at iteration "

@@ -15,7 +15,7 @@ import sys
 # callback, a destructor that only prints it) and can be lost or abort the process. The run polls
 # `_stop_requested` at safe points instead: between startup steps, between chunks of training
 # (a few seconds each, runtime.chunk_seconds) and between levels; a chunk that is still running
-# 8 s after the signal (lottery.STOP_WAIT_SECONDS) is given up. A second signal exits at once
+# 8 s after the signal (runtime.stop_wait_seconds) is given up. A second signal exits at once
 # (every write in the workdir is atomic, so that loses only the progress since the last checkpoint).
 _RECEIVED: list[int] = []
 
@@ -223,6 +223,8 @@ CONFIG_HELP: dict[str, str] = {
                                 "passes) | default | high | highest",
     "runtime.checkpoint_minutes": "checkpoint within a level this often (0 = at level ends only)",
     "runtime.chunk_seconds": "training time between two checks for a stop (Ctrl-C, SIGTERM)",
+    "runtime.stop_wait_seconds": "a stop waits this long for the chunk in flight (to save its "
+                                 "progress), then gives it up",
     "runtime.slice_iterations": "a chunk is whole slices of this many steps, a divisor of "
                                 "train.eval_every (0 = auto: up to 10, ~2 s on a CPU)",
     "runtime.progress_seconds": "at most one progress line per this many seconds",

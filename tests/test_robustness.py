@@ -97,15 +97,14 @@ def test_a_stop_ends_the_level_after_its_chunk_and_saves_its_progress(reference,
 
 
 def test_a_stop_gives_up_a_chunk_that_runs_on_past_the_wait(tmp_path, monkeypatch):
-    """A stop noted while a long chunk runs waits ``STOP_WAIT_SECONDS`` (here 0) for it, then
-    gives it up: Stopped with ``abandoned`` (main then ends the process at once), the level's
+    """A stop noted while a long chunk runs waits ``runtime.stop_wait_seconds`` (here 0) for it,
+    then gives it up: Stopped with ``abandoned`` (main then ends the process at once), the level's
     last checkpoint stands, and a rerun finishes the level as if nothing had happened."""
-    monkeypatch.setattr(lottery, "STOP_WAIT_SECONDS", 0.0)
     workdir = str(tmp_path / "run")
     # One long chunk for the rest of level 0 after its first slice (~0.6 s of training: the stop
     # gives it up within a poll, ~10 ms).
     cfg = tiny(runtime__chunk_seconds=1e4, train__iterations=1000, prune__levels=0,
-               runtime__checkpoint_minutes=1e-9)  # a checkpoint after every chunk
+               runtime__checkpoint_minutes=1e-9, runtime__stop_wait_seconds=0.0)  # a checkpoint after every chunk
     calls, original = [], lottery.Training.advance
 
     def advance(self, count, poll=None):
@@ -323,6 +322,7 @@ def error_line(stderr: str) -> str:
     ("runtime.devices", 99),
     ("runtime.checkpoint_minutes", -1.0),
     ("runtime.chunk_seconds", 0.0),
+    ("runtime.stop_wait_seconds", -1.0),
 ])
 def test_bad_value_is_refused_before_anything_is_written(tmp_path, field, value):
     workdir = str(tmp_path / "run")
