@@ -615,8 +615,9 @@ def level_records(exp: Experiment, level: int, runs: dict, trained: "Trained",
     runs of trials whose ticket diverged at an earlier level as skipped."""
     out = []
     for variant, (_, _, mask) in runs.items():
+        host_mask = _numpy(mask)  # (one copy, not an eager device op per leaf and trial)
         for t in range(int(exp.config.trials)):
-            run_mask = jax.tree.map(lambda x: np.asarray(x[t]), mask)
+            run_mask = jax.tree.map(lambda x: x[t], host_mask)
             if t in diverged:
                 out.append(skipped_record(exp, trial=t, level=level, variant=variant,
                                           mask=run_mask, diverged_at=diverged[t]))
@@ -988,7 +989,8 @@ def level_checkpoint(exp: Experiment, runs: dict, trained: Trained, k: int) -> d
     tree = {"ticket": {"mask": mask, "trained_params": per_trial("params", params),
                        "trained_batch_stats": per_trial("batch_stats", stats)}}
     if trained.order:
-        masks = [jax.tree.map(lambda x: x[t], runs[v][2]) for v, t in trained.order]
+        host = {v: _numpy(runs[v][2]) for v in runs}  # (indexed on the host: no device op a leaf)
+        masks = [jax.tree.map(lambda x: x[t], host[v]) for v, t in trained.order]
         tree["runs"] = {"mask": jax.tree.map(lambda *xs: np.stack(xs), *masks),
                         "trained_params": trained.result.params}
     if k and trained.start == 0 and trained.result is not None:
@@ -998,6 +1000,17 @@ def level_checkpoint(exp: Experiment, runs: dict, trained: Trained, k: int) -> d
 
 
 # ----------------------------------------------------------------------------- training a level
+
+@jax.jit
+def _gather_runs(runs: tuple, pick: jax.Array, keys: tuple, which: jax.Array) -> tuple:
+    """The (params, batch_stats, mask) of the trials ``pick`` of every variant in ``runs`` (a
+    tuple of such triples, leading trial axis), variant after variant, and the rows ``which`` of
+    each of ``keys``. One program: eagerly, each leaf's gather and concatenation is a program of
+    its own, each traced and lowered on its own (~60 for LeNet's levels, ~1 s of a CLI run)."""
+    stacked = tuple(jax.tree.map(lambda *xs: jnp.concatenate([x[pick] for x in xs]),
+                                 *[r[i] for r in runs]) for i in range(3))
+    return stacked, tuple(k[which] for k in keys)
+
 
 class LevelTrainer:
     """Trains the runs of a level as chunks of one compiled program (``Runner.begin``).
@@ -1039,12 +1052,9 @@ class LevelTrainer:
         order = [(v, t) for v in runs for t in trials]
         if not order:
             return Trained(None, [], start, 0.0)
-        pick = np.array(trials)
-        stack = lambda i: jax.tree.map(lambda *xs: jnp.concatenate(xs),
-                                       *[jax.tree.map(lambda x: x[pick], r[i]) for r in runs.values()])
-        params, stats, masks = stack(0), stack(1), stack(2)
-        which = np.array([t for _, t in order])
-        data_keys, noise_keys = self.data_keys[which], self.noise_keys[which]
+        (params, stats, masks), (data_keys, noise_keys) = _gather_runs(
+            tuple(runs.values()), np.array(trials), (self.data_keys, self.noise_keys),
+            np.array([t for _, t in order]))
         # What fixes the runs besides their state: masks, data order, noise, start, capture (and
         # the RunState's layout, which changed when slices came in).
         inputs = workdir_lib.digest({"mask": _numpy(masks), "data": np.asarray(jax.random.key_data(
