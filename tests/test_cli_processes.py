@@ -18,6 +18,9 @@ from conftest import cli_flags
 from lth_jax import processes
 
 FLAGS = cli_flags(runtime__chunk_seconds=0.25)
+#: The training runs' length of the tests that stop or kill a process in training: long enough
+#: for that, and one length, so that they share their compiled programs.
+ITERATIONS = "--config.train.iterations=400"
 
 
 def _port() -> int:
@@ -45,7 +48,7 @@ def test_two_processes_write_the_records_of_one_each_once_and_resume(tmp_path):
     records of one process with two devices, line for line (timings aside), each written once."""
     # Levels 0..1: the stop and the resume are in level 1, its last (a level after it would
     # only repeat level 1's programs, ~10 s of this test's time).
-    flags = [*FLAGS, "--config.train.iterations=400", "--config.runtime.checkpoint_minutes=10",
+    flags = [*FLAGS, ITERATIONS, "--config.runtime.checkpoint_minutes=10",
              "--config.prune.levels=1"]
     rc, _, err = run_cli(str(tmp_path / "one"), *flags)  # one process, two host devices
     assert rc == 0, err[-3000:]
@@ -79,7 +82,9 @@ def test_a_process_that_dies_stops_the_other(tmp_path, dead):
     own fatal log ("... another task died ..."), which lth_jax cannot replace (its callback for
     this does not reach Python in this jaxlib): no hang either."""
     workdir = str(tmp_path / "run")
-    flags = [*FLAGS, "--config.train.iterations=100000", "--config.runtime.process_timeout_seconds=3"]
+    # (A short experiment: the survivor cannot finish without its peer, every chunk ends in a
+    # collective.)
+    flags = [*FLAGS, ITERATIONS, "--config.runtime.process_timeout_seconds=3"]
     clis = _start_two(workdir, *flags)
     clis[0].until(lambda: "level  0  iteration" in clis[0].stdout, "training")
     clis[dead].proc.kill()

@@ -101,9 +101,9 @@ def test_a_stop_gives_up_a_chunk_that_runs_on_past_the_wait(tmp_path, monkeypatc
     then gives it up: Stopped with ``abandoned`` (main then ends the process at once), the level's
     last checkpoint stands, and a rerun finishes the level as if nothing had happened."""
     workdir = str(tmp_path / "run")
-    # One long chunk for the rest of level 0 after its first slice (~0.6 s of training: the stop
+    # One long chunk for the rest of level 0 after its first slice (~0.3 s of training: the stop
     # gives it up within a poll, ~10 ms).
-    cfg = tiny(runtime__chunk_seconds=1e4, train__iterations=1000, prune__levels=0,
+    cfg = tiny(runtime__chunk_seconds=1e4, train__iterations=500, prune__levels=0,
                runtime__checkpoint_minutes=1e-9, runtime__stop_wait_seconds=0.0)  # a checkpoint after every chunk
     calls, original = [], lottery.Training.advance
 
