@@ -13,9 +13,10 @@ from lth_jax import masks, models
 from lth_jax import train as train_lib
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fusion_emitters():
-    """This file compares programs of other loop shapes bit for bit (conftest.FUSION_EMITTERS)."""
+@pytest.fixture
+def same_numbers_across_loop_shapes():
+    """For the tests that compare programs of other loop shapes bit for bit
+    (conftest.FUSION_EMITTERS)."""
     with fusion_emitters():
         yield
 
@@ -94,7 +95,7 @@ def run_batch(setup, trainer, runs=2, batching="vmap", start=0, capture=-1):
     return fn(data, stack(masks.apply(params, mask)), stack({}), stack(mask), keys, keys)
 
 
-def test_run_records_early_stopping_and_test_at_best(setup):
+def test_run_records_early_stopping_and_test_at_best(setup, same_numbers_across_loop_shapes):
     ds, model, _, _ = setup
     trainer = train_lib.make_trainer(model, train_cfg(learning_rate=3e-3), augment=False)
     full = run_batch(setup, trainer)
@@ -126,7 +127,7 @@ def test_map_and_vmap_agree_with_single_runs(setup):
     np.testing.assert_allclose(vmapped.val_loss, mapped.val_loss, rtol=1e-5)
 
 
-def test_rewind_capture_and_start(setup):
+def test_rewind_capture_and_start(setup, same_numbers_across_loop_shapes):
     ds, model, params, mask = setup
     trainer = train_lib.make_trainer(model, train_cfg(), augment=False)
     res = run_batch(setup, trainer, runs=1, capture=20)
