@@ -17,8 +17,8 @@ def _trial(tree, t):
     return jax.tree.map(lambda x: np.asarray(x[t]), tree)
 
 
-def _run(tmp_path, strategy):
-    cfg = tiny_config(**{"prune.strategy": strategy})
+def _run(tmp_path, strategy, **overrides):
+    cfg = tiny_config(**{"prune.strategy": strategy}, **overrides)
     workdir = str(tmp_path / strategy.replace(":", "_"))
     records = lottery.run(cfg, workdir, log=lambda _: None)
     return cfg, workdir, records, lottery.load_experiment(workdir)
@@ -63,7 +63,9 @@ def test_two_four_is_reached_by_rounds_and_each_level_prunes_the_last_trained(tm
 
 
 def test_neuron_strategy_removes_whole_neurons_with_their_outgoing_rows(tmp_path):
-    cfg, _, records, saved = _run(tmp_path, "neuron")
+    # (No controls: the ticket's masks are the point, and every level is then one program.)
+    cfg, _, records, saved = _run(tmp_path, "neuron", controls__reinit=False,
+                                  controls__random_prune=False)
     exp = lottery.setup(cfg)
     hidden = {0: (300, 100), 1: (240, 80), 2: (192, 64)}  # 20% of the alive units per round
     for level, (units_0, units_1) in hidden.items():
