@@ -23,9 +23,9 @@ Every ``configs/*.py`` starts from ``base_config()`` and sets the paper's values
   several processes), ``matmul_precision`` (auto | default | high | highest),
   ``checkpoint_minutes`` (intra-level checkpoints; 0 = at level ends only), ``chunk_seconds``
   (training time between two stop checks), ``stop_wait_seconds`` (how long a stop waits for the
-  chunk in flight, to save its progress, before giving it up), ``slice_iterations`` (a chunk is whole slices of this
-  many steps, a divisor of ``eval_every``; 0 = automatic, up to 10), ``progress_seconds``
-  (between two progress lines).
+  chunk in flight, to save its progress, before giving it up), ``slice_iterations`` (a chunk is
+  whole slices of this many steps, a divisor of ``eval_every``; 0 = automatic, up to 10),
+  ``progress_seconds`` (between two progress lines).
   These change how, not what, is computed: a workdir may be resumed with other values.
 """
 
@@ -120,7 +120,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.runtime.matmul_precision = "auto"  # auto (highest on CPU, default on GPU/TPU) | default | high | highest
     c.runtime.checkpoint_minutes = 10.0  # intra-level checkpoint every this often (0 = level ends only)
     c.runtime.chunk_seconds = 4.0     # each chunk of a level trains about this long: a stop waits for it
-    c.runtime.stop_wait_seconds = 8.0  # ... but at most this long (twice chunk_seconds), then gives it up
+    c.runtime.stop_wait_seconds = 8.0  # ... at most this long (twice chunk_seconds), then gives it up
     c.runtime.slice_iterations = 0    # a chunk is whole slices of this many steps (0 = auto)
     c.runtime.progress_seconds = 30.0  # at most one progress line per this many seconds
     return c

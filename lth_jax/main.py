@@ -15,7 +15,7 @@ import sys
 # callback, a destructor that only prints it) and can be lost or abort the process. The run polls
 # `_stop_requested` at safe points instead: between startup steps, between chunks of training
 # (a few seconds each, runtime.chunk_seconds) and between levels; a chunk that is still running
-# 8 s after the signal (runtime.stop_wait_seconds) is given up. A second signal exits at once
+# runtime.stop_wait_seconds (8 s) after the signal is given up. A second signal exits at once
 # (every write in the workdir is atomic, so that loses only the progress since the last checkpoint).
 _RECEIVED: list[int] = []
 

@@ -24,7 +24,7 @@ if FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):  # (xdist's workers inhe
 #: shape (slices of 1 or 50 steps, a level resumed mid-way, a test pass every other evaluation,
 #: runs spread over devices) are bitwise equal under XLA's fusion emitters (the default, O0 or
 #: not), not under the older ones (last-bit differences). The tests that compare such programs bit
-#: for bit compile with the fusion emitters (``fusion_emitters``, or the jit option in a subprocess).
+#: for bit compile with the fusion emitters (``fusion_emitters``; in a subprocess, the jit option).
 FUSION_EMITTERS = {"xla_cpu_use_fusion_emitters": True}
 
 

@@ -104,7 +104,8 @@ def test_a_stop_gives_up_a_chunk_that_runs_on_past_the_wait(tmp_path, monkeypatc
     # One long chunk for the rest of level 0 after its first slice (~0.3 s of training: the stop
     # gives it up within a poll, ~10 ms).
     cfg = tiny(runtime__chunk_seconds=1e4, train__iterations=500, prune__levels=0,
-               runtime__checkpoint_minutes=1e-9, runtime__stop_wait_seconds=0.0)  # a checkpoint after every chunk
+               runtime__checkpoint_minutes=1e-9,  # a checkpoint after every chunk
+               runtime__stop_wait_seconds=0.0)
     calls, original = [], lottery.Training.advance
 
     def advance(self, count, poll=None):

@@ -9,7 +9,7 @@ import textwrap
 from clitools import cli_env
 from conftest import FUSION_EMITTERS
 
-SCRIPT = textwrap.dedent("""
+SCRIPT = f"FUSION_EMITTERS = {FUSION_EMITTERS!r}\n" + textwrap.dedent("""
     import functools, json, sys
     import jax, jax.numpy as jnp, numpy as np
     from lth_jax import config as config_lib, lottery, masks
@@ -35,7 +35,7 @@ SCRIPT = textwrap.dedent("""
         "vmap_over_two": lambda: lottery.Runner(exp, 2, "vmap"),
         "data_parallel": lambda: lottery.Runner(exp, 2, "map", data_parallel=True),
     }.items():
-        # The two compared bit for bit compile with XLA's fusion emitters (conftest.FUSION_EMITTERS).
+        # The two compared bit for bit compile with XLA's fusion emitters (conftest's).
         jax.jit = (functools.partial(jit, compiler_options=FUSION_EMITTERS)
                    if name in ("one_device", "runs_over_two") else jit)
         runner = runner()
@@ -52,7 +52,7 @@ SCRIPT = textwrap.dedent("""
             out["chunks_equal"] = all(bool(np.array_equal(a, b)) for a, b in
                                       zip(jax.tree.leaves(r), jax.tree.leaves(chunked)))
     print("RESULT " + json.dumps(out))
-""").replace("FUSION_EMITTERS", repr(FUSION_EMITTERS))
+""")
 
 
 def test_runs_sharded_and_data_parallel_on_two_cpu_devices():
