@@ -19,7 +19,9 @@ first) and records (written after), and the progress of the level in training.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -67,6 +69,10 @@ CPU_FLOPS_ESTIMATE = 25e9
 PROGRESS_LAYOUT = 2
 #: The workdir or a checkpoint cannot be used for this experiment (one-line message).
 ExperimentError = workdir_lib.WorkdirError
+#: How many experiments' compiled programs (``Runner``'s, ``Pieces``') one process keeps: a
+#: second run of an experiment in the same process (a resume, a sweep in a notebook, the tests)
+#: reuses them instead of tracing and lowering them again (seconds each).
+PROGRAM_CACHE_SIZE = 8
 
 
 class Stopped(Exception):
@@ -105,6 +111,11 @@ class Experiment:
     global_rate: float
     variants: tuple[str, ...]
     identity: str             # workdir.identity of the config: in every record and checkpoint
+    #: What the model, trainer and data shapes are built from (``setup``: a digest of the config's
+    #: model, train and dataset sections and the dataset loaded); experiments with equal keys
+    #: share compiled programs in a process (``PROGRAM_CACHE_SIZE``). "" = share nothing: set it
+    #: to "" in an Experiment whose model or trainer was changed by hand.
+    programs_key: str = ""
 
     def init_variables(self, key: jax.Array) -> dict:
         """Fresh variables ``{'params', 'batch_stats'}`` from D_θ (batch_stats {} without BN)."""
@@ -167,12 +178,20 @@ def setup(config: ml_collections.ConfigDict) -> Experiment:
             raise config_lib.ConfigError(
                 f"config.train.batch_size: {config.train.batch_size} does not split evenly over "
                 f"{devices} devices (runtime.data_parallel)")
+    resolved = config_to_json(config)
+    built_from = {**{k: resolved[k] for k in ("model", "train", "dataset")},
+                  "info": [info.name, info.source, list(info.image_shape), info.num_classes],
+                  "augment": augment, "sizes": [len(dataset.train_labels),
+                                                len(dataset.validation_labels),
+                                                len(dataset.test_labels)]}
     return Experiment(config=config, model=model, dataset_info=info,
                       data=train_lib.device_data(dataset, int(config.train.eval_batch_size)),
                       trainer=train_lib.make_trainer(model, config.train, augment),
                       input_shape=input_shape, prunable=pruning.prunable(params_shape),
                       rates=rates, strategy=strategy, global_rate=global_rate, variants=variants,
-                      identity=workdir_lib.identity(config_to_json(config)))
+                      identity=workdir_lib.identity(resolved),
+                      programs_key=hashlib.sha256(json.dumps(
+                          built_from, sort_keys=True).encode()).hexdigest()[:16])
 
 
 def _check_structured(strategy: str, params_shape: PyTree, levels: int) -> None:
@@ -230,31 +249,63 @@ def next_mask(exp: Experiment, trained: PyTree, mask: PyTree, rounds: int) -> Py
 
 class Pieces:
     """The steps of ``imp``, jitted over a leading trial axis (the level is a traced argument, so
-    each compiles once): θ₀, the all-True mask, pruning, rewinding and the two controls."""
+    each compiles once): θ₀, the all-True mask, pruning, rewinding and the two controls. Pieces of
+    experiments with equal ``programs_key`` and ``identity`` share their compiled programs."""
 
     def __init__(self, exp: Experiment, check: Callable[[], Any] = lambda: None):
-        seed, trials = int(exp.config.seed), jnp.arange(int(exp.config.trials))
-        keys = lambda purpose, level: jax.vmap(lambda t: trial_key(seed, t, purpose, level))(trials)
-        init_params = lambda key: exp.init_variables(key)["params"]
-        #: () -> θ₀ {'params', 'batch_stats'} of every trial, from the key (trial, INIT).
-        self.theta0 = jax.jit(lambda: jax.vmap(exp.init_variables)(
-            jax.vmap(lambda t: trial_key(seed, t, INIT))(trials)))
-        self.all_true = jax.jit(jax.vmap(masks_lib.ones_like))
-        #: (trained, mask, rounds) -> the next ticket mask (``next_mask``).
-        self.prune = jax.jit(jax.vmap(lambda p, m, rounds: next_mask(exp, p, m, rounds),
-                                      in_axes=(0, 0, None)), static_argnums=2)
-        self.rewind = jax.jit(jax.vmap(tickets.rewind))
-        #: (mask, level) -> (m ⊙ θ', batch stats of θ'), θ' drawn with the key (trial, REINIT, level).
-        self.reinit = jax.jit(lambda mask, level: (
-            jax.vmap(lambda k, m: tickets.reinit(init_params, k, m))(keys(REINIT, level), mask),
-            jax.vmap(exp.init_variables)(keys(REINIT, level))["batch_stats"]))
-        #: (mask, level) -> a random mask with each leaf's count of ``mask`` (key (trial, RANDOM_MASK, level)).
-        self.random_mask = jax.jit(lambda mask, level: jax.vmap(pruning.random_like)(
-            keys(RANDOM_MASK, level), mask))
+        key = (exp.programs_key, exp.identity) if exp.programs_key else None
+        jitted = _cached(("pieces", key), lambda: _jitted_pieces(exp)) if key else _jitted_pieces(exp)
         # ``check`` (the stop check) runs before each piece: the first call of each compiles
         # for seconds, and a stop asked for meanwhile need not wait for the next one too.
-        for name, fn in list(vars(self).items()):
+        for name, fn in jitted.items():
             setattr(self, name, _after(check, fn))
+
+
+def _jitted_pieces(exp: Experiment) -> dict[str, Callable]:
+    exp = dataclasses.replace(exp, data=None)  # what the cache keeps need not hold the data
+    seed, trials = int(exp.config.seed), jnp.arange(int(exp.config.trials))
+    keys = lambda purpose, level: jax.vmap(lambda t: trial_key(seed, t, purpose, level))(trials)
+    init_params = lambda key: exp.init_variables(key)["params"]
+    return {
+        # () -> θ₀ {'params', 'batch_stats'} of every trial, from the key (trial, INIT).
+        "theta0": jax.jit(lambda: jax.vmap(exp.init_variables)(
+            jax.vmap(lambda t: trial_key(seed, t, INIT))(trials))),
+        "all_true": jax.jit(jax.vmap(masks_lib.ones_like)),
+        # (trained, mask, rounds) -> the next ticket mask (``next_mask``).
+        "prune": jax.jit(jax.vmap(lambda p, m, rounds: next_mask(exp, p, m, rounds),
+                                  in_axes=(0, 0, None)), static_argnums=2),
+        "rewind": jax.jit(jax.vmap(tickets.rewind)),
+        # (mask, level) -> (m ⊙ θ', batch stats of θ'), θ' drawn with the key (trial, REINIT, level).
+        "reinit": jax.jit(lambda mask, level: (
+            jax.vmap(lambda k, m: tickets.reinit(init_params, k, m))(keys(REINIT, level), mask),
+            jax.vmap(exp.init_variables)(keys(REINIT, level))["batch_stats"])),
+        # (mask, level) -> a random mask with each leaf's count of ``mask`` (key (trial,
+        # RANDOM_MASK, level)).
+        "random_mask": jax.jit(lambda mask, level: jax.vmap(pruning.random_like)(
+            keys(RANDOM_MASK, level), mask)),
+    }
+
+
+_PROGRAMS: collections.OrderedDict = collections.OrderedDict()
+
+
+def _cached(key: tuple, make: Callable[[], Any]) -> Any:
+    """``make()``, kept under ``key`` among the last PROGRAM_CACHE_SIZE of its kind (least recently
+    used dropped first)."""
+    if key in _PROGRAMS:
+        _PROGRAMS.move_to_end(key)
+        return _PROGRAMS[key]
+    value = _PROGRAMS[key] = make()
+    kind = [k for k in _PROGRAMS if k[0] == key[0]]
+    for old in kind[:max(0, len(kind) - PROGRAM_CACHE_SIZE)]:
+        del _PROGRAMS[old]
+    return value
+
+
+def clear_program_cache() -> None:
+    """Forget every experiment's compiled programs kept by ``Runner`` and ``Pieces`` (e.g. after
+    changing how ``jax.jit`` compiles)."""
+    _PROGRAMS.clear()
 
 
 def _after(check: Callable[[], Any], fn: Callable) -> Callable:
@@ -271,7 +322,6 @@ class _Program(NamedTuple):
     chunk: Callable           # make_chunk_fn's function (compiled on first use)
     mesh: Mesh
     sharding: NamedSharding   # of every per-run argument
-    data: train_lib.DeviceData
     per: int                  # the run axis is padded to a multiple of this
     trainer: train_lib.Trainer  # the experiment's, with this runner's slices
 
@@ -313,9 +363,16 @@ class Runner:
         #: The steps of one slice, the unit of a chunk: short enough that a chunk (and so a stop)
         #: need not wait for a whole evaluation period of a slow network.
         self.slice_iterations = slice_iterations or self._auto_slice(platform)
-        self._programs: dict[tuple, _Program] = {}
-        self._compiled: dict[tuple, Any] = {}
-        self._data: dict[tuple, train_lib.DeviceData] = {}
+        # The programs and their executables, by (start, capture, R); shared by the Runners of
+        # experiments built alike (``Experiment.programs_key``) with the same options here.
+        shared = ("runner", exp.programs_key, processes.count(),
+                  tuple((d.platform, d.id) for d in self.devices), self.batching,
+                  self.data_parallel, self.matmul_precision, self.slice_iterations,
+                  tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(exp.data)))
+        programs: tuple[dict[tuple, _Program], dict[tuple, Any]] = (
+            _cached(shared, lambda: ({}, {})) if exp.programs_key else ({}, {}))
+        self._programs, self._compiled = programs
+        self._data: dict[tuple, train_lib.DeviceData] = {}  # this experiment's, on the mesh
 
     def _auto_slice(self, platform: str) -> int:
         """The largest divisor of eval_every up to AUTO_SLICE; on a CPU also one whose slice of
@@ -368,11 +425,15 @@ class Runner:
             per = mesh.devices.size
         init = jax.jit(jax.vmap(lambda p, s: train_lib.init_run(trainer, p, s, start)),
                        out_shardings=sharding)
-        d = (mesh.devices.size, self.data_parallel)
-        if d not in self._data:
-            self._data[d] = processes.to_global(self.exp.data, NamedSharding(mesh, PartitionSpec()))
-        self._programs[key] = _Program(init, chunk, mesh, sharding, self._data[d], per, trainer)
+        self._programs[key] = _Program(init, chunk, mesh, sharding, per, trainer)
         return self._programs[key]
+
+    def _device_data(self, mesh: Mesh) -> train_lib.DeviceData:
+        """The experiment's data, replicated over ``mesh``'s devices."""
+        if mesh.devices.size not in self._data:
+            self._data[mesh.devices.size] = processes.to_global(
+                self.exp.data, NamedSharding(mesh, PartitionSpec()))
+        return self._data[mesh.devices.size]
 
     def begin(self, params: PyTree, batch_stats: PyTree, mask: PyTree, data_key: jax.Array,
               noise_key: jax.Array, *, start: int, capture: int,
@@ -405,18 +466,18 @@ class Runner:
                                  f"of slice_iterations={self.slice_iterations}")
             done = int(saved["iterations"]) // self.slice_iterations
         key = (start, capture, runs)
+        # A lower bound first, before compiling for minutes: a slice's batch indices. (Both
+        # checks run for a program already compiled too: what is free may have changed.)
+        devices = _local(program.mesh)
+        in_flight = padded // program.per if self.batching == "vmap" else 1
+        self._check_memory(self.slice_iterations * self.exp.trainer.batch_size * 4 * in_flight,
+                           devices, "its batch indices alone")
+        data = self._device_data(program.mesh)
+        args = (data, state, mask, data_key, noise_key, np.int32(0), np.int32(1))
         if key not in self._compiled:
-            # A lower bound first, before compiling for minutes: a slice's batch indices.
-            trainer, devices = self.exp.trainer, _local(program.mesh)
-            in_flight = padded // program.per if self.batching == "vmap" else 1
-            self._check_memory(self.slice_iterations * trainer.batch_size * 4 * in_flight,
-                               devices, "its batch indices alone")
-        args = (program.data, state, mask, data_key, noise_key, np.int32(0), np.int32(1))
-        if key not in self._compiled:
-            compiled = program.chunk.lower(*args).compile()
-            self._check_compiled_memory(compiled, _local(program.mesh))
-            self._compiled[key] = compiled
-        return Training(self._compiled[key], program.data, state, mask, data_key, noise_key, runs,
+            self._compiled[key] = program.chunk.lower(*args).compile()
+        self._check_compiled_memory(self._compiled[key], devices)
+        return Training(self._compiled[key], data, state, mask, data_key, noise_key, runs,
                         train_lib.num_slices(program.trainer, start), done, self.slice_iterations)
 
     def __call__(self, params, batch_stats, mask, data_key, noise_key, *, start: int,

@@ -31,10 +31,18 @@ FUSION_EMITTERS = {"xla_cpu_use_fusion_emitters": True}
 @contextlib.contextmanager
 def fusion_emitters():
     """Every ``jax.jit`` made inside compiles with ``FUSION_EMITTERS`` (jits made at import time
-    do not: they compile one program, the same on both sides of a comparison)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(jax, "jit", functools.partial(jax.jit, compiler_options=FUSION_EMITTERS))
-        yield
+    do not: they compile one program, the same on both sides of a comparison). The programs
+    ``lottery`` keeps between runs are forgotten on entry and on exit: they were compiled the other
+    way."""
+    from lth_jax import lottery
+
+    lottery.clear_program_cache()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(jax, "jit", functools.partial(jax.jit, compiler_options=FUSION_EMITTERS))
+            yield
+    finally:
+        lottery.clear_program_cache()
 
 
 _CACHE = os.environ.get("LTH_JAX_TEST_CACHE") or tempfile.mkdtemp(prefix="lth_jax_xla_cache_")
