@@ -56,16 +56,18 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: configs/tiny.py shrunk for tests (LeNet-300-100 on 8x8 synthetic images, 2 trials, levels 0..2,
-#: 4 evaluations per run); the CLI gets the same values as --config.* overrides (``cli_flags``).
+#: 100 iterations, 4 evaluations per run: a tiny run's time is mostly per-step overhead of the
+#: unoptimised programs, so fewer steps make it shorter); the CLI gets the same values as
+#: --config.* overrides (``cli_flags``).
 #: Tests that share these shapes share compiled programs through the session's XLA cache.
 TINY = {
     "dataset.image_shape": (8, 8, 1),
     "dataset.train_size": 700,
     "dataset.test_size": 200,
     "dataset.validation_size": 100,
-    "train.iterations": 200,
+    "train.iterations": 100,
     "train.batch_size": 50,
-    "train.eval_every": 50,
+    "train.eval_every": 25,
     "train.eval_batch_size": 128,
     "prune.levels": 2,
     "trials": 2,

@@ -15,7 +15,7 @@ def test_cli_bad_value_exits_2_with_one_line(tmp_path):
     rc, _, stderr = run_cli(workdir, *cli_flags(), "--config.train.iterations=55")
     assert rc == 2, stderr
     assert error_line(stderr).startswith("lth_jax: error: config.train.iterations: 55 is not a "
-                                         "multiple of train.eval_every=50")
+                                         "multiple of train.eval_every=25")
     assert not os.path.exists(workdir)
 
 

@@ -39,11 +39,11 @@ def test_killed_stopped_and_resumed_cli_equals_uninterrupted(reference, tmp_path
 
     1. SIGKILL while a checkpoint is being written (frozen with SIGSTOP when its staging folder
        appears): the debris stays, nothing else;
-    2. SIGTERM after the progress line of level 1 at iteration 100: exit 143 with one line on
+    2. SIGTERM after the progress line of level 1 at iteration 50: exit 143 with one line on
        stderr, within a few seconds (one chunk, then the progress is saved);
     3. SIGINT (Ctrl-C) while it starts up, after a half-written line was appended to
        results.jsonl: exit 130 with one line;
-    4. it runs to the end, resuming level 1 at iteration 100.
+    4. it runs to the end, resuming level 1 at iteration 50.
 
     After every step the records are whole, unique and a prefix of the reference's; at the end
     they equal it (timing aside) and so do θ0, θ_rewind and every level's masks and trained
@@ -66,7 +66,7 @@ def test_killed_stopped_and_resumed_cli_equals_uninterrupted(reference, tmp_path
 
     # 2. SIGTERM in level 1: the chunk ends, the progress is saved, one line, exit 143
     cli = Cli(workdir, *flags, tag="term")
-    cli.until(lambda: "level  1  iteration 100/" in cli.stdout, "level 1 at iteration 100")
+    cli.until(lambda: "level  1  iteration 50/" in cli.stdout, "level 1 at iteration 50")
     cli.signal(signal.SIGTERM)
     sent = time.monotonic()
     assert cli.wait() == 143, cli.stderr[-3000:]
@@ -80,7 +80,7 @@ def test_killed_stopped_and_resumed_cli_equals_uninterrupted(reference, tmp_path
     records = check_results_file(results_text(workdir), ref_records)
     assert {r["level"] for r in records} == {0}
     saved_at = int(line.split("progress saved at iteration ")[1].split(")")[0])
-    assert saved_at >= 100
+    assert saved_at >= 50
 
     # 3. Ctrl-C while starting up, with a partial line at the end of results.jsonl
     with open(os.path.join(workdir, lottery.RESULTS), "a") as f:
@@ -108,11 +108,11 @@ def test_a_stop_gives_up_a_long_chunk_and_exits_at_once(tmp_path):
     interpreter would wait for the chunk), exit 143 with one line, nothing half-written, the lock
     released."""
     workdir = str(tmp_path / "run")
-    # After the first slice (10 steps) the chunk length follows chunk_seconds=1e4: the rest of a
+    # After the first slice (5 steps) the chunk length follows chunk_seconds=1e4: the rest of a
     # 2M-iteration level in one chunk.
     cli = Cli(workdir, *cli_flags(train__iterations=2_000_000, prune__levels=0,
                                   runtime__chunk_seconds=1e4, runtime__stop_wait_seconds=1.0))
-    cli.until(lambda: "level  0  iteration 10/" in cli.stdout, "the first chunk's progress line")
+    cli.until(lambda: "level  0  iteration 5/" in cli.stdout, "the first chunk's progress line")
     time.sleep(0.5)  # past the checks between chunks: the long chunk is running
     t0 = time.monotonic()
     cli.signal(signal.SIGTERM)
@@ -120,7 +120,7 @@ def test_a_stop_gives_up_a_long_chunk_and_exits_at_once(tmp_path):
     waited = time.monotonic() - t0
     assert rc == 143, cli.stderr[-3000:]
     assert error_line(cli.stderr).startswith(
-        "lth_jax: stopped in level 0 at iteration 10 without waiting for the chunk in flight "
+        "lth_jax: stopped in level 0 at iteration 5 without waiting for the chunk in flight "
         "(no progress saved) by SIGTERM")
     assert 1.0 <= waited < 60  # the chunk itself would run for minutes
     assert partial_checkpoints(workdir) == []

@@ -58,9 +58,9 @@ def test_records_fields_and_counts(finished):
     for r in records:
         assert required <= set(r)
         assert r["status"] == "ok"
-        assert r["eval_iterations"] == list(range(50, 201, 50))
-        assert 50 <= r["early_stop_iteration"] <= 200
-        assert r["early_stop_iteration"] % 50 == 0
+        assert r["eval_iterations"] == list(range(25, 101, 25))
+        assert 25 <= r["early_stop_iteration"] <= 100
+        assert r["early_stop_iteration"] % 25 == 0
         i = r["eval_iterations"].index(r["early_stop_iteration"])
         assert r["val_loss"][i] == min(r["val_loss"])
         assert r["test_accuracy_at_early_stop"] == r["test_accuracy"][i]
@@ -71,7 +71,7 @@ def test_records_fields_and_counts(finished):
     assert np.mean([r["final_test_accuracy"] for r in dense]) > 0.3  # learnable data, 10 classes
     assert any("level  2/2" in line for line in logs)
     # progress lines within each level (runtime.progress_seconds=0: one per chunk)
-    assert any(line.startswith("level  1  iteration 200/200  best val loss") for line in logs)
+    assert any(line.startswith("level  1  iteration 100/100  best val loss") for line in logs)
     assert all(r["experiment"] == workdir_lib.identity(lottery.config_to_json(tiny_config()))
                for r in records)
 
@@ -164,9 +164,9 @@ def test_stopped_mid_level_at_several_points_resumes_identically(finished, tmp_p
     were of another length."""
     ref_dir, uninterrupted, _, _ = finished
     workdir = str(tmp_path / "run")
-    # Chunks of one slice of a whole period (the uninterrupted run had slices of 10 steps).
+    # Chunks of one slice of a whole period (the uninterrupted run had slices of 5 steps).
     cfg = tiny_config(runtime__chunk_seconds=1e-6, runtime__checkpoint_minutes=1e-9,
-                      runtime__slice_iterations=50)
+                      runtime__slice_iterations=25)
 
     def killed_at(level, iteration):
         logs = []
@@ -180,22 +180,22 @@ def test_stopped_mid_level_at_several_points_resumes_identically(finished, tmp_p
             lottery.run(cfg, workdir, log=log)
         return logs
 
-    killed_at(0, 50)       # no checkpoint yet: level 0 starts again
-    logs = killed_at(0, 150)
+    killed_at(0, 25)       # no checkpoint yet: level 0 starts again
+    logs = killed_at(0, 75)
     assert not any("resuming at" in line for line in logs)
-    logs = killed_at(1, 100)
-    assert "level 0: resuming at iteration 100 from its intra-level checkpoint" in logs
+    logs = killed_at(1, 50)
+    assert "level 0: resuming at iteration 50 from its intra-level checkpoint" in logs
     assert os.path.isdir(workdir_lib.checkpoint_path(workdir, "progress_001"))
     meta = workdir_lib.checkpoint_meta(workdir, "progress_001")
     assert meta["runs"] == [[v, t] for v in ("ticket", "reinit", "random_prune") for t in (0, 1)]
-    logs = killed_at(2, 200)  # the last chunk: its checkpoint is the level's own
-    assert "level 1: resuming at iteration 50 from its intra-level checkpoint" in logs
+    logs = killed_at(2, 100)  # the last chunk: its checkpoint is the level's own
+    assert "level 1: resuming at iteration 25 from its intra-level checkpoint" in logs
     # a checkpoint write cut short by a SIGKILL leaves these; they are cleaned away
     for debris in ("progress_002.staging", "progress_002.staging.orbax-checkpoint-tmp-1"):
         os.makedirs(os.path.join(workdir, "checkpoints", debris, "x"))
     logs = []
     resumed = lottery.run(cfg, workdir, log=logs.append)
-    assert "level 2: resuming at iteration 150 from its intra-level checkpoint" in logs
+    assert "level 2: resuming at iteration 75 from its intra-level checkpoint" in logs
     assert any(line.startswith("resuming: levels 0..1 already finished") for line in logs)
     assert strip_timing(resumed) == strip_timing(uninterrupted)
     assert strip_timing(lottery.read_records(workdir)) == strip_timing(uninterrupted)
@@ -214,12 +214,12 @@ def test_a_whole_level_in_one_chunk_equals_chunks_of_slices(exp_tiny):
     import jax.numpy as jnp
 
     runner = lottery.Runner(exp_tiny)
-    assert runner.slice_iterations == 10  # auto: the largest divisor of eval_every=50 up to 10
+    assert runner.slice_iterations == 5  # auto: the largest divisor of eval_every=25 up to 10
     keys = jnp.stack([lottery.trial_key(0, t, lottery.INIT) for t in range(2)])
     v = jax.jit(jax.vmap(exp_tiny.init_variables))(keys)
     mask = jax.vmap(masks.ones_like)(v["params"])
-    whole = runner(v["params"], v["batch_stats"], mask, keys, keys, start=0, capture=100)
-    training = runner.begin(v["params"], v["batch_stats"], mask, keys, keys, start=0, capture=100)
+    whole = runner(v["params"], v["batch_stats"], mask, keys, keys, start=0, capture=50)
+    training = runner.begin(v["params"], v["batch_stats"], mask, keys, keys, start=0, capture=50)
     assert training.slices == 20
     for count in (1, 7, 2, 10):
         assert not training.done
@@ -228,11 +228,11 @@ def test_a_whole_level_in_one_chunk_equals_chunks_of_slices(exp_tiny):
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(training.result()), strict=True):
         np.testing.assert_array_equal(a, b)
     # a snapshot taken between chunks, inside period 2, continues exactly, in another Training
-    training = runner.begin(v["params"], v["batch_stats"], mask, keys, keys, start=0, capture=100)
+    training = runner.begin(v["params"], v["batch_stats"], mask, keys, keys, start=0, capture=50)
     training.advance(13)
-    again = runner.begin(v["params"], v["batch_stats"], mask, keys, keys, start=0, capture=100,
+    again = runner.begin(v["params"], v["batch_stats"], mask, keys, keys, start=0, capture=50,
                          saved=training.snapshot())
-    assert (again.slice, again.iterations) == (13, 130)
+    assert (again.slice, again.iterations) == (13, 65)
     again.advance(7)
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(again.result()), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -244,7 +244,7 @@ def test_the_automatic_slice_follows_the_cost_of_a_step(exp_tiny):
     step, 5 trials x 3 variants on one device) gets slices of one step; a GPU/TPU keeps 10."""
     from lth_jax.config import conv_config
 
-    assert lottery.Runner(exp_tiny).slice_iterations == 10
+    assert lottery.Runner(exp_tiny).slice_iterations == 5
     c = conv_config("conv2", dropout=False)
     c.dataset.source = "synthetic"
     c.dataset.train_size, c.dataset.validation_size, c.dataset.test_size = 100, 10, 10
@@ -255,10 +255,10 @@ def test_the_automatic_slice_follows_the_cost_of_a_step(exp_tiny):
     assert lottery.Runner(conv, slice_iterations=20).slice_iterations == 20
 
 
-@pytest.mark.parametrize("slice_iterations", [50, 5, 1])
+@pytest.mark.parametrize("slice_iterations", [25, 1])
 def test_the_slice_length_does_not_change_the_numbers(exp_tiny, slice_iterations):
-    """A period in one slice, or in 10 or 50 (a one-step scan, which XLA simplifies away), trains
-    and evaluates to the same bits as slices of 10 (on this CPU): the
+    """A period in one slice of 25 steps, or in 25 slices of one step (a one-step scan, which XLA
+    simplifies away), trains and evaluates to the same bits as slices of 5 (on this CPU): the
     step is the same program, and the period's losses are collected in the RunState and averaged
     once, whatever the slicing."""
     import jax.numpy as jnp
@@ -266,10 +266,10 @@ def test_the_slice_length_does_not_change_the_numbers(exp_tiny, slice_iterations
     keys = jnp.stack([lottery.trial_key(0, t, lottery.INIT) for t in range(2)])
     v = jax.jit(jax.vmap(exp_tiny.init_variables))(keys)
     mask = jax.vmap(masks.ones_like)(v["params"])
-    ref = lottery.Runner(exp_tiny)(v["params"], v["batch_stats"], mask, keys, keys, start=50,
+    ref = lottery.Runner(exp_tiny)(v["params"], v["batch_stats"], mask, keys, keys, start=25,
                                    capture=-1)
     other = lottery.Runner(exp_tiny, slice_iterations=slice_iterations)(
-        v["params"], v["batch_stats"], mask, keys, keys, start=50, capture=-1)
+        v["params"], v["batch_stats"], mask, keys, keys, start=25, capture=-1)
     for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(other), strict=True):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(lottery.config_lib.ConfigError, match="runtime.slice_iterations"):
@@ -289,15 +289,15 @@ def test_workdir_with_another_config_is_refused(finished):
 
 def test_rewinding_one_shot_global(tmp_path):
     """Late resetting to θ_k and one-shot global pruning with the output layer exempt."""
-    cfg = tiny_config(**{"train.iterations": 150, "prune.rewind_iteration": 50,
+    cfg = tiny_config(**{"train.iterations": 75, "prune.rewind_iteration": 25,
                          "prune.one_shot": True, "prune.levels": 2, "prune.strategy": "global",
                          "prune.rules": ((r".*Dense_2/kernel", 0.0), (r".*kernel", 0.2)),
                          "trials": 1, "controls.random_prune": False})
     records = lottery.run(cfg, str(tmp_path / "run"), log=lambda _: None)
     assert [(r["level"], r["variant"]) for r in records] == [
         (0, "ticket"), (1, "ticket"), (1, "reinit"), (2, "ticket"), (2, "reinit")]
-    assert records[0]["eval_iterations"] == [50, 100, 150]
-    assert records[1]["eval_iterations"] == [100, 150]  # a rewound run trains from k=50 to the end
+    assert records[0]["eval_iterations"] == [25, 50, 75]
+    assert records[1]["eval_iterations"] == [50, 75]  # a rewound run trains from k=25 to the end
     saved = lottery.load_experiment(str(tmp_path / "run"))
     assert not np.array_equal(saved["theta_rewind"]["params"]["Dense_0"]["kernel"],
                               saved["theta0"]["params"]["Dense_0"]["kernel"])

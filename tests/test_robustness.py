@@ -83,16 +83,16 @@ def test_a_stop_ends_the_level_after_its_chunk_and_saves_its_progress(reference,
     workdir = str(tmp_path / "run")
     cfg = tiny(runtime__chunk_seconds=1e-6)  # chunks of one period; checkpoint_minutes default 10
     seen = []
-    stop = lambda: signal.SIGTERM if any(l.startswith("level  1  iteration 100/") for l in seen) else 0
+    stop = lambda: signal.SIGTERM if any(l.startswith("level  1  iteration 50/") for l in seen) else 0
     with pytest.raises(lottery.Stopped) as info:
         lottery.run(cfg, workdir, log=seen.append, stop=stop)
     assert info.value.signum == signal.SIGTERM
-    assert str(info.value) == "stopped in level 1 at iteration 100 (progress saved at iteration 100)"
+    assert str(info.value) == "stopped in level 1 at iteration 50 (progress saved at iteration 50)"
     assert workdir_lib.checkpoint_names(workdir) == ["init", "level_000", "progress_001"]
     assert {r["level"] for r in lottery.read_records(workdir)} == {0}
     logs = []
     records = lottery.run(cfg, workdir, log=logs.append)
-    assert "level 1: resuming at iteration 100 from its intra-level checkpoint" in logs
+    assert "level 1: resuming at iteration 50 from its intra-level checkpoint" in logs
     assert strip_timing(records) == strip_timing(reference[1])
 
 
@@ -117,14 +117,14 @@ def test_a_stop_gives_up_a_chunk_that_runs_on_past_the_wait(tmp_path, monkeypatc
     with pytest.raises(lottery.Stopped) as info:
         lottery.run(cfg, workdir, log=quiet, stop=stop)
     assert info.value.abandoned and info.value.signum == signal.SIGINT
-    assert str(info.value) == ("stopped in level 0 at iteration 10 without waiting for the chunk "
-                               "in flight (progress saved at iteration 10)")
+    assert str(info.value) == ("stopped in level 0 at iteration 5 without waiting for the chunk "
+                               "in flight (progress saved at iteration 5)")
     assert calls[0] == 1 and calls[1] > 400  # the second chunk: (nearly) the whole level
     assert workdir_lib.checkpoint_names(workdir) == ["progress_000"]
     monkeypatch.setattr(lottery.Training, "advance", original)
     logs = []
     records = lottery.run(cfg, workdir, log=logs.append)  # the lock was released
-    assert "level 0: resuming at iteration 10 from its intra-level checkpoint" in logs
+    assert "level 0: resuming at iteration 5 from its intra-level checkpoint" in logs
     assert [(r["level"], r["status"]) for r in records] == [(0, "ok"), (0, "ok")]
 
 
@@ -315,7 +315,7 @@ def error_line(stderr: str) -> str:
     ("train.learning_rate", 0.0),
     ("train.learning_rate", float("inf")),
     ("train.weight_decay", float("nan")),
-    ("prune.rewind_iteration", 25),
+    ("prune.rewind_iteration", 10),
     ("trials", 0),
     ("train.batch_size", 650),  # the training set has 700 - 100 = 600 examples
     ("seed", 10**30),
