@@ -44,6 +44,7 @@ from lth_jax import structured
 from lth_jax.models.conv import ConvNet
 from lth_jax.models.convolution import conv_function
 from lth_jax.models.lenet import BIAS_INIT, KERNEL_INIT, LeNet300100
+from lth_jax.models.pooling import max_pool
 
 PyTree = Any
 
@@ -95,7 +96,7 @@ class CompactConvNet(nn.Module):
             x = nn.relu(nn.Conv(width, (3, 3), padding="SAME", kernel_init=KERNEL_INIT,
                                 bias_init=BIAS_INIT, conv_general_dilated=conv)(x))
             if (i + 1) % self.pool_every == 0:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool(x, 2)
         x = x.reshape((x.shape[0], -1))
         for width in self.dense_features:
             x = nn.relu(nn.Dense(width, kernel_init=KERNEL_INIT, bias_init=BIAS_INIT)(x))

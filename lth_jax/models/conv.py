@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from lth_jax.models.convolution import conv_function
 from lth_jax.models.lenet import BIAS_INIT, KERNEL_INIT
+from lth_jax.models.pooling import max_pool
 
 
 class ConvNet(nn.Module):
@@ -51,7 +52,7 @@ class ConvNet(nn.Module):
                 x = nn.Conv(width, (3, 3), padding="SAME", kernel_init=KERNEL_INIT,
                             bias_init=BIAS_INIT, conv_general_dilated=conv)(x)
                 x = nn.relu(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool(x, 2)
         x = x.reshape((x.shape[0], -1))
         for _ in range(2):
             x = nn.relu(nn.Dense(256, kernel_init=KERNEL_INIT, bias_init=BIAS_INIT)(x))

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from lth_jax.models.convolution import conv_function
 from lth_jax.models.lenet import BIAS_INIT, KERNEL_INIT
+from lth_jax.models.pooling import max_pool
 
 # Batch-norm settings shared with the ResNet: PyTorch-style momentum 0.1 == Flax momentum 0.9.
 BN_MOMENTUM = 0.9
@@ -53,7 +54,7 @@ class VGG(nn.Module):
                                  epsilon=BN_EPSILON)(x)
                 x = nn.relu(x)
             if i < len(self.stages) - 1:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool(x, 2)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, kernel_init=KERNEL_INIT, bias_init=BIAS_INIT)(x)
 

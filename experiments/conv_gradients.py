@@ -1,0 +1,82 @@
+"""The two gradients of a stride-1 3x3 SAME convolution (batch 60, NHWC/HWIO) written three ways, on
+one single-threaded XLA:CPU device inside ``lax.scan``:
+
+* kernel gradient: the patches matmul of ``lth_jax.models.convolution`` (``P(x)ᵀ · dy``), and nine
+  shifted-window contractions ``Σ_ij x[i:, j:]ᵀ · dy`` (no patch matrix);
+* input gradient: the patches matmul (``P(dy) · flip(w)ᵀ``), nine shifted-window matmuls, and the
+  canonical forward convolution of the padded ``dy`` with the flipped, channel-swapped kernel.
+
+    taskset -c 0 python experiments/conv_gradients.py
+
+Each scans 8 different inputs (XLA cannot hoist the work out of the loop); median of 3 calls.
+Which input gradient is fastest depends on the CPU (BUILD_NOTES.md, "Max-pooling ...").
+"""
+
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1 "
+                                   "--xla_cpu_multi_thread_eigen=false")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax import lax  # noqa: E402
+
+from lth_jax.models import convolution  # noqa: E402
+
+BATCH, STEPS, CALLS = 60, 8, 3
+LAYERS = [(32, 64, 64), (16, 128, 128), (8, 256, 256)]  # (height = width, C_in, C_out)
+
+
+def milliseconds(f, a, b) -> float:
+    """Median ms of ``f(a_t, b_t)`` inside a scan over 8 scaled copies of ``a`` and ``b``."""
+    xs = jnp.stack([a * (1 + 0.01 * t) for t in range(STEPS)])
+    ys = jnp.stack([b * (1 - 0.01 * t) for t in range(STEPS)])
+    run = jax.jit(lambda xs, ys: lax.scan(lambda c, z: (c + jnp.sum(f(*z)), None), 0.0, (xs, ys))[0])
+    jax.block_until_ready(run(xs, ys))
+    times = []
+    for _ in range(CALLS):
+        start = time.perf_counter()
+        jax.block_until_ready(run(xs, ys))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) / STEPS * 1e3
+
+
+def pad1(a):
+    return jnp.pad(a, ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
+def main() -> None:
+    print(f"jax {jax.__version__}; batch {BATCH}; ms (GFLOP/s) per gradient")
+    for size, c_in, c_out in LAYERS:
+        x = jax.random.normal(jax.random.key(0), (BATCH, size, size, c_in))
+        w = jax.random.normal(jax.random.key(1), (3, 3, c_in, c_out))
+        dy = jax.random.normal(jax.random.key(2), (BATCH, size, size, c_out))
+        flops = 2 * BATCH * size * size * 9 * c_in * c_out
+        flipped = lambda w: jnp.swapaxes(w[::-1, ::-1], 2, 3)  # HWIO with I = C_out, O = C_in
+        windows = lambda a: [pad1(a)[:, i:i + size, j:j + size] for i in range(3) for j in range(3)]
+        cases = {
+            "dw patches": (lambda x, dy: jnp.matmul(
+                convolution._patches(pad1(x), (3, 3), (1, 1), (size, size)).reshape(-1, 9 * c_in).T,
+                dy.reshape(-1, c_out)), x, dy),
+            "dw shifted windows": (lambda x, dy: jnp.stack(
+                [jnp.einsum("nhwc,nhwo->co", v, dy) for v in windows(x)]), x, dy),
+            "dx patches": (lambda dy, w: jnp.matmul(
+                convolution._patches(pad1(dy), (3, 3), (1, 1), (size, size)),
+                flipped(w).reshape(-1, c_in)), dy, w),
+            "dx shifted windows": (lambda dy, w: sum(
+                jnp.matmul(v, flipped(w)[k // 3, k % 3]) for k, v in enumerate(windows(dy))), dy, w),
+            "dx forward convolution": (lambda dy, w: lax.conv_general_dilated(
+                dy, flipped(w), (1, 1), ((1, 1), (1, 1)), dimension_numbers=convolution._NHWC), dy, w),
+        }
+        print(f"-- {size}x{size}, {c_in} -> {c_out} ({flops / 1e9:.2f} GFLOP)")
+        for name, (f, a, b) in cases.items():
+            ms = milliseconds(f, a, b)
+            print(f"   {name:24s} {ms:7.1f} ms ({flops / ms / 1e6:5.0f})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
