@@ -27,6 +27,11 @@ CASES = {
     "1x1 s1": ((8, 8, 4), 6, (1, 1), (1, 1), "SAME", True),
     "1x1 s2 resnet shortcut": ((8, 8, 16), 32, (1, 1), (2, 2), "SAME", False),
     "3x3 s3 non-square": ((10, 11, 3), 4, (3, 2), (3, 2), "SAME", True),
+    # inputs smaller than the kernel: the forward pass is a patches matmul too (VGG-19's last stage)
+    "3x3 s1 SAME on 2x2": ((2, 2, 8), 4, (3, 3), (1, 1), "SAME", True),
+    "3x3 s1 SAME on 1x1": ((1, 1, 8), 4, (3, 3), (1, 1), "SAME", False),
+    "3x3 s2 SAME on 2x1": ((2, 1, 4), 3, (3, 3), (2, 2), "SAME", True),
+    "5x5 s1 explicit on 3x4": ((3, 4, 2), 3, (5, 5), (1, 1), ((1, 2), (3, 0)), True),
 }
 
 
@@ -57,6 +62,20 @@ def test_values_and_gradients_equal_nn_conv(case):
     for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
         assert w.shape == g.shape
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size, convolutions", [(2, 0), (3, 1)])
+def test_an_input_smaller_than_the_kernel_is_a_matmul(size, convolutions):
+    # The regression this guards: XLA:CPU's convolution of a 2x2 map by a 3x3 kernel is ~100x slower
+    # than the matmul (VGG-19's last stage); a 3x3 map keeps XLA's convolution.
+    x = jnp.ones((2, size, size, 4))
+    w = jnp.ones((3, 3, 4, 5))
+    conv = lambda x, w: convolution.canonical_conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    hlo = jax.jit(conv).lower(x, w).as_text()
+    assert hlo.count("stablehlo.convolution") == convolutions
+    np.testing.assert_allclose(jax.jit(conv)(x, w), lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")), rtol=1e-6)
 
 
 def test_uncovered_cases_fall_back_to_lax():

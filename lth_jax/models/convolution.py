@@ -11,7 +11,8 @@ program, so every gradient convolution sits in a loop.
 matrix products over im2col patches (``k_h·k_w`` strided slices concatenated) plus pads, flips and
 reshapes, which XLA:CPU runs in its fast matmul code wherever they sit; the forward pass stays a
 canonical convolution (NHWC input, HWIO kernel, NHWC output), which XLA:CPU also runs fast in
-loops. For ``y = x ⋆ w`` with strides ``s``, padding ``(p_lo, p_hi)`` and kernel size ``k`` per
+loops, except where the input is smaller than the kernel (a 2x2 map under a 3x3 kernel: XLA:CPU's
+slow path, ~100x a matmul), where it is the patches' matmul as well. For ``y = x ⋆ w`` with strides ``s``, padding ``(p_lo, p_hi)`` and kernel size ``k`` per
 spatial axis, and ``P(a, s)`` the patches of ``a`` at stride ``s`` (rows ordered as the HWIO
 kernel's ``(k_h, k_w, C)``):
 
@@ -118,8 +119,17 @@ def canonical_conv_general_dilated(
 
 
 def _forward(x, w, strides, pads, precision):
-    return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC,
-                                    precision=precision)
+    spatial_in, kernel = x.shape[1:3], w.shape[:2]
+    if all(n >= k for n, k in zip(spatial_in, kernel)):
+        return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC,
+                                        precision=precision)
+    # An input smaller than the kernel (VGG-19's last stage: 2x2 maps, 3x3 kernels) sends XLA:CPU's
+    # convolution down a path ~100x slower than a matmul (735 ms against 6 for a 64 x 2x2x512 -> 512
+    # layer, BUILD_NOTES.md); there the patches are tiny, so the forward pass is their matmul too.
+    out = tuple((n + lo + hi - k) // s + 1
+                for n, k, (lo, hi), s in zip(spatial_in, kernel, pads, strides))
+    patches = _input_patches(x, kernel, strides, pads, out)
+    return jnp.matmul(patches, w.reshape(-1, w.shape[-1]), precision=precision)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -147,6 +157,14 @@ def _patches(a: jax.Array, kernel, strides, out) -> jax.Array:
     return jnp.concatenate(windows, axis=-1)
 
 
+def _input_patches(x: jax.Array, kernel, strides, pads, out) -> jax.Array:
+    """``(N, H_out, W_out, k_h·k_w·C_in)``: the windows of ``x`` padded by ``pads`` that produce the
+    ``out`` output positions at ``strides`` (what the kernel meets at each output position)."""
+    dilated = [(o - 1) * s + 1 for o, s in zip(out, strides)]
+    edges = [(lo, k + d - 1 - n - lo) for n, k, (lo, _), d in zip(x.shape[1:3], kernel, pads, dilated)]
+    return _patches(_dilate_and_pad(x, (1, 1), edges), kernel, strides, out)
+
+
 def _conv_bwd(strides, pads, precision, residuals, dy):
     x, w = residuals
     spatial_in, kernel, spatial_out = x.shape[1:3], w.shape[:2], dy.shape[1:3]
@@ -166,8 +184,7 @@ def _conv_bwd(strides, pads, precision, residuals, dy):
 
     # Kernel gradient: Σ over batch and output positions of (input window) ⊗ (output gradient),
     # i.e. patchesᵀ · dy, whose rows are already the HWIO kernel's (k_h, k_w, C_in).
-    x_edges = [(lo, k + d - 1 - n - lo) for n, k, (lo, _), d in zip(spatial_in, kernel, pads, dilated)]
-    x_patches = _patches(_dilate_and_pad(x, (1, 1), x_edges), kernel, strides, spatial_out)
+    x_patches = _input_patches(x, kernel, strides, pads, spatial_out)
     dw = jnp.matmul(x_patches.reshape(-1, x_patches.shape[-1]).T, dy.reshape(-1, c_out),
                     precision=precision)
     return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
