@@ -1,8 +1,10 @@
-"""The two gradients of a stride-1 3x3 SAME convolution (batch 60, NHWC/HWIO) written three ways, on
-one single-threaded XLA:CPU device inside ``lax.scan``:
+"""The two gradients of a stride-1 3x3 SAME convolution (NHWC/HWIO; Conv-2/4/6's layers at batch 60,
+ResNet-20's at 128) written several ways, on one single-threaded XLA:CPU device inside ``lax.scan``:
 
-* kernel gradient: the patches matmul of ``lth_jax.models.convolution`` (``P(x)ᵀ · dy``), and nine
-  shifted-window contractions ``Σ_ij x[i:, j:]ᵀ · dy`` (no patch matrix);
+* kernel gradient: one patches matmul (``P(x)ᵀ · dy``, lth_jax's before 2026-12-04), nine
+  shifted-window contractions ``x[i:, j:]ᵀ · dy`` (no patch matrix), and the same summed over
+  per-example products (what ``lth_jax.models.convolution`` does where an example has at least
+  ``C_out`` output positions);
 * input gradient: the patches matmul (``P(dy) · flip(w)ᵀ``), nine shifted-window matmuls, and the
   canonical forward convolution of the padded ``dy`` with the flipped, channel-swapped kernel.
 
@@ -27,8 +29,10 @@ from jax import lax  # noqa: E402
 
 from lth_jax.models import convolution  # noqa: E402
 
-BATCH, STEPS, CALLS = 60, 8, 3
-LAYERS = [(32, 64, 64), (16, 128, 128), (8, 256, 256)]  # (height = width, C_in, C_out)
+STEPS, CALLS = 8, 3
+# (batch, height = width, C_in, C_out): Conv-2/4/6, VGG-19's 4x4 stage, ResNet-20
+LAYERS = [(60, 32, 64, 64), (60, 16, 128, 128), (60, 8, 256, 256), (64, 4, 512, 512),
+          (128, 32, 16, 16), (128, 16, 32, 32), (128, 8, 64, 64)]
 
 
 def milliseconds(f, a, b) -> float:
@@ -50,12 +54,12 @@ def pad1(a):
 
 
 def main() -> None:
-    print(f"jax {jax.__version__}; batch {BATCH}; ms (GFLOP/s) per gradient")
-    for size, c_in, c_out in LAYERS:
-        x = jax.random.normal(jax.random.key(0), (BATCH, size, size, c_in))
+    print(f"jax {jax.__version__}; ms (GFLOP/s) per gradient")
+    for batch, size, c_in, c_out in LAYERS:
+        x = jax.random.normal(jax.random.key(0), (batch, size, size, c_in))
         w = jax.random.normal(jax.random.key(1), (3, 3, c_in, c_out))
-        dy = jax.random.normal(jax.random.key(2), (BATCH, size, size, c_out))
-        flops = 2 * BATCH * size * size * 9 * c_in * c_out
+        dy = jax.random.normal(jax.random.key(2), (batch, size, size, c_out))
+        flops = 2 * batch * size * size * 9 * c_in * c_out
         flipped = lambda w: jnp.swapaxes(w[::-1, ::-1], 2, 3)  # HWIO with I = C_out, O = C_in
         windows = lambda a: [pad1(a)[:, i:i + size, j:j + size] for i in range(3) for j in range(3)]
         cases = {
@@ -64,6 +68,8 @@ def main() -> None:
                 dy.reshape(-1, c_out)), x, dy),
             "dw shifted windows": (lambda x, dy: jnp.stack(
                 [jnp.einsum("nhwc,nhwo->co", v, dy) for v in windows(x)]), x, dy),
+            "dw per-example windows": (lambda x, dy: jnp.stack(
+                [jnp.sum(jnp.einsum("nhwc,nhwo->nco", v, dy), 0) for v in windows(x)]), x, dy),
             "dx patches": (lambda dy, w: jnp.matmul(
                 convolution._patches(pad1(dy), (3, 3), (1, 1), (size, size)),
                 flipped(w).reshape(-1, c_in)), dy, w),
@@ -72,7 +78,7 @@ def main() -> None:
             "dx forward convolution": (lambda dy, w: lax.conv_general_dilated(
                 dy, flipped(w), (1, 1), ((1, 1), (1, 1)), dimension_numbers=convolution._NHWC), dy, w),
         }
-        print(f"-- {size}x{size}, {c_in} -> {c_out} ({flops / 1e9:.2f} GFLOP)")
+        print(f"-- batch {batch}, {size}x{size}, {c_in} -> {c_out} ({flops / 1e9:.2f} GFLOP)")
         for name, (f, a, b) in cases.items():
             ms = milliseconds(f, a, b)
             print(f"   {name:24s} {ms:7.1f} ms ({flops / ms / 1e6:5.0f})", flush=True)

@@ -32,6 +32,10 @@ CASES = {
     "3x3 s1 SAME on 1x1": ((1, 1, 8), 4, (3, 3), (1, 1), "SAME", False),
     "3x3 s2 SAME on 2x1": ((2, 1, 4), 3, (3, 3), (2, 2), "SAME", True),
     "5x5 s1 explicit on 3x4": ((3, 4, 2), 3, (5, 5), (1, 1), ((1, 2), (3, 0)), True),
+    # few output positions for many channels (4·2·2 < 24): the kernel gradient is not summed per
+    # example first (VGG-19's last stages)
+    "3x3 s1 SAME few positions": ((2, 2, 4), 24, (3, 3), (1, 1), "SAME", False),
+    "3x3 s2 SAME few positions": ((4, 4, 3), 20, (3, 3), (2, 2), "SAME", True),
 }
 
 

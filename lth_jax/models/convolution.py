@@ -8,27 +8,30 @@ slower for Conv-2 (``../shared/notes/conv-on-xla-cpu.md``). A whole training run
 program, so every gradient convolution sits in a loop.
 
 :func:`canonical_conv_general_dilated` is ``lax.conv_general_dilated`` with a custom VJP made of
-matrix products over im2col patches (``k_h·k_w`` strided slices concatenated) plus pads, flips and
-reshapes, which XLA:CPU runs in its fast matmul code wherever they sit; the forward pass stays a
-canonical convolution (NHWC input, HWIO kernel, NHWC output), which XLA:CPU also runs fast in
-loops, except where the input is smaller than the kernel (a 2x2 map under a 3x3 kernel: XLA:CPU's
-slow path, ~100x a matmul), where it is the patches' matmul as well. For ``y = x ⋆ w`` with strides ``s``, padding ``(p_lo, p_hi)`` and kernel size ``k`` per
-spatial axis, and ``P(a, s)`` the patches of ``a`` at stride ``s`` (rows ordered as the HWIO
-kernel's ``(k_h, k_w, C)``):
+matrix products of strided windows (one per kernel tap) plus pads, flips and reshapes, which
+XLA:CPU runs in its fast matmul code wherever they sit; the forward pass stays a canonical
+convolution (NHWC input, HWIO kernel, NHWC output), which XLA:CPU also runs fast in loops, except
+where the input is smaller than the kernel (a 2x2 map under a 3x3 kernel: XLA:CPU's slow path,
+~100x a matmul), where it is the matmul of the input's patches (``P`` below). For ``y = x ⋆ w``
+with strides ``s``, padding ``(p_lo, p_hi)`` and kernel size ``k`` per spatial axis, ``W_t(a, s)``
+the window of ``a`` that kernel tap ``t = (i, j)`` meets at stride ``s`` (``(N, H_out, W_out, C)``)
+and ``P(a, s)`` all of them concatenated (im2col, rows ordered as the HWIO kernel's
+``(k_h, k_w, C)``):
 
-* input gradient: ``dx = P(pad(dilate_s(dy), (k-1-p_lo, H+p_lo-(H_out-1)·s-1)), 1) · flip(w)ᵀ``
-  where ``dilate_s`` puts ``s-1`` zeros between the elements of ``dy`` (interior padding), ``flip``
-  reverses the spatial axes and ``ᵀ`` swaps the kernel's in and out channels;
-* kernel gradient: ``dw = P(pad(x, (p_lo, k+(H_out-1)·s-H-p_lo)), s)ᵀ · dy`` over all batch and
-  output positions, whose ``(k_h·k_w·C_in, C_out)`` result is the HWIO kernel.
+* input gradient: ``dx = Σ_t W_t(pad(dilate_s(dy), (k-1-p_lo, H+p_lo-(H_out-1)·s-1)), 1) ·
+  flip(w)ᵀ[t]`` where ``dilate_s`` puts ``s-1`` zeros between the elements of ``dy`` (interior
+  padding), ``flip`` reverses the spatial axes and ``ᵀ`` swaps the kernel's in and out channels;
+* kernel gradient: ``dw[t] = W_t(pad(x, (p_lo, k+(H_out-1)·s-H-p_lo)), s)ᵀ · dy`` over all batch
+  and output positions (summed per example first where each has at least ``C_out`` positions).
 
 Why not convolutions for the gradients too: the kernel gradient written as one (batch and channel
 roles swapped, a 32×32 "kernel" for Conv-2) ran at ~3 GFLOP/s on this project's CPU, the patches
-product at ~40 (BUILD_NOTES.md). Both equal ``jax.grad`` of ``lax.conv_general_dilated`` up to
+product at ~40 (BUILD_NOTES.md). Windows rather than the concatenated patches: no tensor ``k_h·k_w``
+times an activation's size is written (Conv-2 15% and ResNet-20 22% faster steps than with
+patches, BUILD_NOTES.md). Both gradients equal ``jax.grad`` of ``lax.conv_general_dilated`` up to
 float32 reassociation (tested). A strided layer's input gradient pays for the zeros of the dilated
 ``dy`` (``s²`` times its FLOPs); only ResNet-20's two downsampling blocks (and their 1×1
-shortcuts) have strides. The patches take ``k_h·k_w`` times the memory of their input, transiently:
-the backward pass only runs at the training batch size.
+shortcuts) have strides.
 
 The implementation is chosen per model with ``conv = "auto" | "xla" | "canonical_vjp"`` (see
 :func:`resolve`): "auto" is "canonical_vjp" on CPUs and "xla" (cuDNN's own kernels, no custom VJP) on
@@ -148,21 +151,32 @@ def _dilate_and_pad(a: jax.Array, strides, edges) -> jax.Array:
     return lax.pad(a, jnp.zeros((), a.dtype), config)
 
 
-def _patches(a: jax.Array, kernel, strides, out) -> jax.Array:
-    """im2col: ``(N, H_out, W_out, k_h·k_w·C)`` from the ``k_h·k_w`` strided windows of the padded
-    ``a`` (``(N, H, W, C)``), ordered as an HWIO kernel's ``(k_h, k_w, C)`` rows."""
+def _windows(a: jax.Array, kernel, strides, out) -> list[jax.Array]:
+    """The ``k_h·k_w`` strided windows of the padded ``a`` (``(N, H, W, C)``), each
+    ``(N, H_out, W_out, C)``: window ``(i, j)`` is what kernel tap ``(i, j)`` meets at every output
+    position. Listed in an HWIO kernel's ``(k_h, k_w)`` order."""
     (k_h, k_w), (s_h, s_w), (o_h, o_w) = kernel, strides, out
-    windows = [a[:, i:i + (o_h - 1) * s_h + 1:s_h, j:j + (o_w - 1) * s_w + 1:s_w, :]
-               for i in range(k_h) for j in range(k_w)]
-    return jnp.concatenate(windows, axis=-1)
+    return [a[:, i:i + (o_h - 1) * s_h + 1:s_h, j:j + (o_w - 1) * s_w + 1:s_w, :]
+            for i in range(k_h) for j in range(k_w)]
+
+
+def _patches(a: jax.Array, kernel, strides, out) -> jax.Array:
+    """im2col: ``(N, H_out, W_out, k_h·k_w·C)``, the windows concatenated, ordered as an HWIO
+    kernel's ``(k_h, k_w, C)`` rows."""
+    return jnp.concatenate(_windows(a, kernel, strides, out), axis=-1)
+
+
+def _padded_input(x: jax.Array, kernel, strides, pads, out) -> jax.Array:
+    """``x`` padded (or cropped) by ``pads`` to exactly what the kernel meets for the ``out``
+    output positions at ``strides``."""
+    dilated = [(o - 1) * s + 1 for o, s in zip(out, strides)]
+    edges = [(lo, k + d - 1 - n - lo) for n, k, (lo, _), d in zip(x.shape[1:3], kernel, pads, dilated)]
+    return _dilate_and_pad(x, (1, 1), edges)
 
 
 def _input_patches(x: jax.Array, kernel, strides, pads, out) -> jax.Array:
-    """``(N, H_out, W_out, k_h·k_w·C_in)``: the windows of ``x`` padded by ``pads`` that produce the
-    ``out`` output positions at ``strides`` (what the kernel meets at each output position)."""
-    dilated = [(o - 1) * s + 1 for o, s in zip(out, strides)]
-    edges = [(lo, k + d - 1 - n - lo) for n, k, (lo, _), d in zip(x.shape[1:3], kernel, pads, dilated)]
-    return _patches(_dilate_and_pad(x, (1, 1), edges), kernel, strides, out)
+    """``(N, H_out, W_out, k_h·k_w·C_in)``: the patches of ``x`` padded by ``pads``."""
+    return _patches(_padded_input(x, kernel, strides, pads, out), kernel, strides, out)
 
 
 def _conv_bwd(strides, pads, precision, residuals, dy):
@@ -171,22 +185,34 @@ def _conv_bwd(strides, pads, precision, residuals, dy):
     c_in, c_out = w.shape[2:]
     # Length of dy once dilated by the strides: (H_out - 1)·s + 1 per spatial axis.
     dilated = [(o - 1) * s + 1 for o, s in zip(spatial_out, strides)]
-    # Both gradients are single matmuls over im2col patches (k_h·k_w strided slices): on XLA:CPU
-    # that runs at ~40 GFLOP/s a core inside loops, where a convolution with the batch and channel
-    # roles swapped (the kernel gradient's natural form: a 32×32 "kernel" for Conv-2) ran at ~3.
+    # Both gradients are sums over the k_h·k_w kernel taps of matmuls of one strided window each:
+    # XLA:CPU runs matmuls at full speed inside loops, where a convolution with the batch and
+    # channel roles swapped (the kernel gradient's natural form: a 32×32 "kernel" for Conv-2) ran
+    # at ~3 GFLOP/s. Windows instead of one concatenated patch matrix: nothing k_h·k_w times the
+    # size of an activation is written, which matters most for narrow layers (ResNet-20's 16
+    # channels: 2x faster input gradients, BUILD_NOTES.md).
 
     # Input gradient: full correlation of the dilated output gradient with the flipped kernel,
     # channels swapped (HWIO with I = C_out, O = C_in), cropped/padded to the input's size.
     edges = [(k - 1 - lo, n + lo - d) for n, k, (lo, _), d in zip(spatial_in, kernel, pads, dilated)]
-    dy_padded = _dilate_and_pad(dy, strides, edges)
-    w_flipped = jnp.swapaxes(w[::-1, ::-1], 2, 3).reshape(-1, c_in)
-    dx = jnp.matmul(_patches(dy_padded, kernel, (1, 1), spatial_in), w_flipped, precision=precision)
+    dy_windows = _windows(_dilate_and_pad(dy, strides, edges), kernel, (1, 1), spatial_in)
+    w_flipped = jnp.swapaxes(w[::-1, ::-1], 2, 3).reshape(-1, c_out, c_in)
+    dx = sum(jnp.matmul(window, w_tap, precision=precision)
+             for window, w_tap in zip(dy_windows, w_flipped))
 
-    # Kernel gradient: Σ over batch and output positions of (input window) ⊗ (output gradient),
-    # i.e. patchesᵀ · dy, whose rows are already the HWIO kernel's (k_h, k_w, C_in).
-    x_patches = _input_patches(x, kernel, strides, pads, spatial_out)
-    dw = jnp.matmul(x_patches.reshape(-1, x_patches.shape[-1]).T, dy.reshape(-1, c_out),
-                    precision=precision)
+    # Kernel gradient: tap (i, j) is Σ over batch and output positions of (input window)ᵀ · dy.
+    # With at least C_out output positions per example, per-example products summed over the
+    # batch run faster than one product over everything (1.1-2.4x for Conv-2's and ResNet-20's
+    # layers); with fewer, their (N, C_in, C_out) partial sums outweigh the inputs: 10x slower at
+    # 4x4 with 512 channels, and a Conv-6 step 20% slower when its 8x8x256 layers used them
+    # (experiments/conv_gradients.py, experiments/step_time.py).
+    x_windows = _windows(_padded_input(x, kernel, strides, pads, spatial_out), kernel, strides,
+                         spatial_out)
+    if spatial_out[0] * spatial_out[1] >= c_out:
+        tap = lambda v: jnp.sum(jnp.einsum("nhwc,nhwo->nco", v, dy, precision=precision), axis=0)
+    else:
+        tap = lambda v: jnp.einsum("nhwc,nhwo->co", v, dy, precision=precision)
+    dw = jnp.stack([tap(window) for window in x_windows])
     return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
 
 
