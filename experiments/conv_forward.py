@@ -10,19 +10,19 @@ GFLOP/s count every kernel tap, the padding's included.
 """
 
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1 "
                                    "--xla_cpu_multi_thread_eigen=false")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
 from lth_jax.models import convolution  # noqa: E402
+from scan_timing import per_step_ms  # noqa: E402
 
 BATCH, STEPS, CALLS = 64, 4, 3
 # (height = width, C_in, C_out): VGG-19's layers on 32x32 (its last stage at 2x2), and the 1x1 map
@@ -33,14 +33,7 @@ LAYERS = [(32, 3, 64), (32, 64, 64), (16, 64, 128), (16, 128, 128), (8, 128, 256
 
 def milliseconds(f, x, w) -> float:
     xs = jnp.stack([x * (1 + 0.01 * t) for t in range(STEPS)])
-    run = jax.jit(lambda xs: lax.scan(lambda c, z: (c + jnp.sum(f(z, w)), None), 0.0, xs)[0])
-    jax.block_until_ready(run(xs))
-    times = []
-    for _ in range(CALLS):
-        start = time.perf_counter()
-        jax.block_until_ready(run(xs))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) / STEPS * 1e3
+    return per_step_ms(lambda total, z: (total + jnp.sum(f(z, w)), None), xs, CALLS)
 
 
 def main() -> None:

@@ -15,19 +15,19 @@ Which input gradient is fastest depends on the CPU (BUILD_NOTES.md, "Max-pooling
 """
 
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1 "
                                    "--xla_cpu_multi_thread_eigen=false")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
 from lth_jax.models import convolution  # noqa: E402
+from scan_timing import per_step_ms  # noqa: E402
 
 STEPS, CALLS = 8, 3
 # (batch, height = width, C_in, C_out): Conv-2/4/6, VGG-19's 4x4 stage, ResNet-20
@@ -39,14 +39,7 @@ def milliseconds(f, a, b) -> float:
     """Median ms of ``f(a_t, b_t)`` inside a scan over 8 scaled copies of ``a`` and ``b``."""
     xs = jnp.stack([a * (1 + 0.01 * t) for t in range(STEPS)])
     ys = jnp.stack([b * (1 - 0.01 * t) for t in range(STEPS)])
-    run = jax.jit(lambda xs, ys: lax.scan(lambda c, z: (c + jnp.sum(f(*z)), None), 0.0, (xs, ys))[0])
-    jax.block_until_ready(run(xs, ys))
-    times = []
-    for _ in range(CALLS):
-        start = time.perf_counter()
-        jax.block_until_ready(run(xs, ys))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) / STEPS * 1e3
+    return per_step_ms(lambda total, z: (total + jnp.sum(f(*z)), None), (xs, ys), CALLS)
 
 
 def pad1(a):

@@ -10,19 +10,19 @@ the median of 5 calls per pool.
 """
 
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1 "
                                    "--xla_cpu_multi_thread_eigen=false")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from lth_jax.models.pooling import max_pool  # noqa: E402
+from scan_timing import per_step_ms  # noqa: E402
 
 BATCH, STEPS, CALLS = 60, 8, 5
 # (input of the pool: height = width, channels); Conv-2/4/6 pool at 32, 16, 8; VGG-19 also at 2.
@@ -35,14 +35,7 @@ def milliseconds(pool, inputs) -> float:
         grad = jax.grad(lambda x: jnp.sum(pool(x) ** 2))(x)
         return total + grad[0, 0, 0, 0], None
 
-    run = jax.jit(lambda xs: jax.lax.scan(body, 0.0, xs)[0])
-    jax.block_until_ready(run(inputs))
-    times = []
-    for _ in range(CALLS):
-        start = time.perf_counter()
-        jax.block_until_ready(run(inputs))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) / STEPS * 1e3
+    return per_step_ms(body, inputs, CALLS)
 
 
 def main() -> None:
