@@ -27,7 +27,7 @@ and ``P(a, s)`` all of them concatenated (im2col, rows ordered as the HWIO kerne
 Why not convolutions for the gradients too: the kernel gradient written as one (batch and channel
 roles swapped, a 32×32 "kernel" for Conv-2) ran at ~3 GFLOP/s on this project's CPU, the patches
 product at ~40 (BUILD_NOTES.md). Windows rather than the concatenated patches: no tensor ``k_h·k_w``
-times an activation's size is written (Conv-2 15% and ResNet-20 22% faster steps than with
+times an activation's size is written (Conv-2's steps 13% and ResNet-20's 21% shorter than with
 patches, BUILD_NOTES.md). Both gradients equal ``jax.grad`` of ``lax.conv_general_dilated`` up to
 float32 reassociation (tested). A strided layer's input gradient pays for the zeros of the dilated
 ``dy`` (``s²`` times its FLOPs); only ResNet-20's two downsampling blocks (and their 1×1
@@ -127,8 +127,8 @@ def _forward(x, w, strides, pads, precision):
         return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC,
                                         precision=precision)
     # An input smaller than the kernel (VGG-19's last stage: 2x2 maps, 3x3 kernels) sends XLA:CPU's
-    # convolution down a path ~100x slower than a matmul (735 ms against 6 for a 64 x 2x2x512 -> 512
-    # layer, BUILD_NOTES.md); there the patches are tiny, so the forward pass is their matmul too.
+    # convolution down a path ~100x slower than a matmul (765 ms against 6 for a 64 x 2x2x512 -> 512
+    # layer, experiments/conv_forward.py); there the patches are tiny, so the forward pass is their matmul too.
     out = tuple((n + lo + hi - k) // s + 1
                 for n, k, (lo, hi), s in zip(spatial_in, kernel, pads, strides))
     patches = _input_patches(x, kernel, strides, pads, out)
@@ -197,8 +197,9 @@ def _conv_bwd(strides, pads, precision, residuals, dy):
     edges = [(k - 1 - lo, n + lo - d) for n, k, (lo, _), d in zip(spatial_in, kernel, pads, dilated)]
     dy_windows = _windows(_dilate_and_pad(dy, strides, edges), kernel, (1, 1), spatial_in)
     w_flipped = jnp.swapaxes(w[::-1, ::-1], 2, 3).reshape(-1, c_out, c_in)
-    dx = sum(jnp.matmul(window, w_tap, precision=precision)
-             for window, w_tap in zip(dy_windows, w_flipped))
+    products = [jnp.matmul(window, w_tap, precision=precision)
+                for window, w_tap in zip(dy_windows, w_flipped)]
+    dx = sum(products[1:], products[0])
 
     # Kernel gradient: tap (i, j) is Σ over batch and output positions of (input window)ᵀ · dy.
     # With at least C_out output positions per example, per-example products summed over the
