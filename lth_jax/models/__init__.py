@@ -11,7 +11,9 @@ the RNG stream ``'dropout'`` and only when ``train=True``. All of this works und
 The conv networks take ``conv = "auto" | "xla" | "canonical_vjp"``: which convolution they use.
 "canonical_vjp" (:mod:`lth_jax.models.convolution`) computes the same values and gradients as
 ``nn.Conv`` with a backward pass that XLA:CPU runs fast inside loops; "auto" picks it on CPUs and
-XLA's own convolution on GPUs/TPUs. The choice changes no parameter name or shape.
+XLA's own convolution on GPUs/TPUs. The choice changes no parameter name or shape. Their 2x2
+max-pools are :func:`max_pool` (:mod:`lth_jax.models.pooling`): ``nn.max_pool``'s values with a
+gradient that avoids XLA:CPU's slow ``select_and_scatter``.
 
 Parameter paths are the ``'/'``-joined keys inside ``params``, e.g. ``"Dense_2/kernel"`` or
 ``"BasicBlock_3/shortcut_conv/kernel"``. A :class:`ModelSpec` carries the paper's per-round pruning
@@ -34,12 +36,13 @@ import jax.numpy as jnp
 from lth_jax.models.conv import ConvNet, conv2, conv4, conv6
 from lth_jax.models.convolution import Conv
 from lth_jax.models.lenet import LeNet300100, lenet300_100
+from lth_jax.models.pooling import max_pool
 from lth_jax.models.resnet import BasicBlock, ResNet, resnet20
 from lth_jax.models.vgg import VGG, vgg19
 
 __all__ = [
     "BasicBlock", "Conv", "ConvNet", "LeNet300100", "ModelSpec", "ResNet", "VGG",
-    "create", "default_options", "init", "names", "spec",
+    "create", "default_options", "init", "max_pool", "names", "spec",
 ]
 
 
