@@ -54,7 +54,7 @@ def main() -> None:
         dy = jax.random.normal(jax.random.key(2), (batch, size, size, c_out))
         flops = 2 * batch * size * size * 9 * c_in * c_out
         flipped = lambda w: jnp.swapaxes(w[::-1, ::-1], 2, 3)  # HWIO with I = C_out, O = C_in
-        windows = lambda a: [pad1(a)[:, i:i + size, j:j + size] for i in range(3) for j in range(3)]
+        windows = lambda a: convolution._windows(pad1(a), (3, 3), (1, 1), (size, size))
         cases = {
             "dw patches": (lambda x, dy: jnp.matmul(
                 convolution._patches(pad1(x), (3, 3), (1, 1), (size, size)).reshape(-1, 9 * c_in).T,

@@ -8,7 +8,6 @@ shape, the config's batch size; batch norm in training mode where the network ha
 To compare two versions of lth_jax, run it at each (alternating: the machine is noisy).
 """
 
-import importlib.util
 import os
 import sys
 import time
@@ -22,15 +21,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
+from lth_jax import config as config_lib  # noqa: E402
 from lth_jax import lottery  # noqa: E402
 from lth_jax import train as train_lib  # noqa: E402
 
 
 def main(name: str = "conv2", steps: str = "4") -> None:
-    spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = config_lib.load_file(os.path.join(ROOT, "configs", f"{name}.py"))
     c.dataset.source = "synthetic"
     c.dataset.train_size, c.dataset.validation_size, c.dataset.test_size = 2000, 256, 256
     exp = lottery.setup(c)

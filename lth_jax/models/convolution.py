@@ -128,7 +128,8 @@ def _forward(x, w, strides, pads, precision):
                                         precision=precision)
     # An input smaller than the kernel (VGG-19's last stage: 2x2 maps, 3x3 kernels) sends XLA:CPU's
     # convolution down a path ~100x slower than a matmul (765 ms against 6 for a 64 x 2x2x512 -> 512
-    # layer, experiments/conv_forward.py); there the patches are tiny, so the forward pass is their matmul too.
+    # layer, experiments/conv_forward.py); there the patches are tiny, so the forward pass is their
+    # matmul too.
     out = tuple((n + lo + hi - k) // s + 1
                 for n, k, (lo, hi), s in zip(spatial_in, kernel, pads, strides))
     patches = _input_patches(x, kernel, strides, pads, out)
