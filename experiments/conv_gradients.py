@@ -2,16 +2,18 @@
 ResNet-20's at 128) written several ways, on one single-threaded XLA:CPU device inside ``lax.scan``:
 
 * kernel gradient: one patches matmul (``P(x)ᵀ · dy``, lth_jax's before 2026-12-04), nine
-  shifted-window contractions ``x[i:, j:]ᵀ · dy`` (no patch matrix), and the same summed over
-  per-example products (what ``lth_jax.models.convolution`` does where an example has at least
-  ``C_out`` output positions);
+  shifted-window contractions ``x[i:, j:]ᵀ · dy`` (no patch matrix), the same summed over
+  per-example products (lth_jax's on 2026-12-04), and those products as ``dyᵀ · x[i:, j:]`` with
+  ``dy`` transposed once (what ``lth_jax.models.convolution`` does since 2026-12-05 where an
+  example has at least ``C_out`` output positions);
 * input gradient: the patches matmul (``P(dy) · flip(w)ᵀ``), nine shifted-window matmuls, and the
   canonical forward convolution of the padded ``dy`` with the flipped, channel-swapped kernel.
 
     taskset -c 0 python experiments/conv_gradients.py
 
 Each scans 8 different inputs (XLA cannot hoist the work out of the loop); median of 3 calls.
-Which input gradient is fastest depends on the CPU (BUILD_NOTES.md, "Max-pooling ...").
+Which input gradient is fastest depends on the CPU (BUILD_NOTES.md, "The input gradient as a
+forward convolution on AVX-512 CPUs").
 """
 
 import os
@@ -55,6 +57,8 @@ def main() -> None:
         flops = 2 * batch * size * size * 9 * c_in * c_out
         flipped = lambda w: jnp.swapaxes(w[::-1, ::-1], 2, 3)  # HWIO with I = C_out, O = C_in
         windows = lambda a: convolution._windows(pad1(a), (3, 3), (1, 1), (size, size))
+        # dy as (N, C_out, positions), materialised once (as lth_jax does since 2026-12-05)
+        dy_t = lambda dy: lax.optimization_barrier(jnp.swapaxes(dy.reshape(batch, -1, c_out), 1, 2))
         cases = {
             "dw patches": (lambda x, dy: jnp.matmul(
                 convolution._patches(pad1(x), (3, 3), (1, 1), (size, size)).reshape(-1, 9 * c_in).T,
@@ -63,6 +67,9 @@ def main() -> None:
                 [jnp.einsum("nhwc,nhwo->co", v, dy) for v in windows(x)]), x, dy),
             "dw per-example windows": (lambda x, dy: jnp.stack(
                 [jnp.sum(jnp.einsum("nhwc,nhwo->nco", v, dy), 0) for v in windows(x)]), x, dy),
+            "dw per-example, dy^T": (lambda x, dy: jnp.stack(
+                [jnp.sum(jnp.matmul(dy_t(dy), v.reshape(batch, -1, c_in)), 0)
+                 for v in windows(x)]), x, dy),
             "dx patches": (lambda dy, w: jnp.matmul(
                 convolution._patches(pad1(dy), (3, 3), (1, 1), (size, size)),
                 flipped(w).reshape(-1, c_in)), dy, w),

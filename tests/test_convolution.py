@@ -45,8 +45,16 @@ def _layers(features, kernel, strides, padding, bias):
     return nn.Conv(**kw), convolution.Conv(**kw)
 
 
+@pytest.fixture(params=["convolution", "windows"])
+def input_gradient(request, monkeypatch):
+    """Each way of computing the input gradient, whatever this machine's CPU would pick."""
+    monkeypatch.setattr(convolution, "_forward_convolution_is_fast",
+                        lambda: request.param == "convolution")
+    return request.param
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_values_and_gradients_equal_nn_conv(case):
+def test_values_and_gradients_equal_nn_conv(case, input_gradient):
     shape, features, kernel, strides, padding, bias = CASES[case]
     stock, ours = _layers(features, kernel, strides, padding, bias)
     x = jax.random.normal(jax.random.key(1), (3, *shape), jnp.float32)
@@ -80,6 +88,35 @@ def test_an_input_smaller_than_the_kernel_is_a_matmul(size, convolutions):
     assert hlo.count("stablehlo.convolution") == convolutions
     np.testing.assert_allclose(jax.jit(conv)(x, w), lax.conv_general_dilated(
         x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")), rtol=1e-6)
+
+
+def _backward_convolutions(x_shape, w_shape, strides=(1, 1)):
+    """How many convolutions the HLO of the gradient (input and kernel) of one layer holds."""
+    conv = lambda x, w: jnp.sum(convolution.canonical_conv_general_dilated(
+        x, w, strides, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)
+    hlo = jax.jit(jax.grad(conv, (0, 1))).lower(jnp.ones(x_shape), jnp.ones(w_shape)).as_text()
+    return hlo.count("stablehlo.convolution")
+
+
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2)])
+def test_the_input_gradient_is_a_forward_convolution_only_where_chosen(strides, monkeypatch):
+    # Forward pass + input gradient as convolutions; the kernel gradient is matmuls either way.
+    for fast, convolutions in ((True, 2), (False, 1)):
+        monkeypatch.setattr(convolution, "_forward_convolution_is_fast", lambda: fast)
+        assert _backward_convolutions((2, 6, 6, 3), (3, 3, 3, 4), strides) == convolutions
+    # An input smaller than the kernel: windows even where the convolution is chosen (XLA:CPU's
+    # slow path), and a patches matmul forward.
+    monkeypatch.setattr(convolution, "_forward_convolution_is_fast", lambda: True)
+    assert _backward_convolutions((2, 2, 2, 3), (3, 3, 3, 4)) == 0
+
+
+def test_avx512_is_read_from_the_cpu_flags():
+    flags = "processor\t: 0\nflags\t\t: fpu sse avx2 {}fma\nbugs\t\t: avx512_bug\n"
+    assert convolution._has_avx512(flags.format("avx512f avx512dq "))
+    assert not convolution._has_avx512(flags.format(""))          # AVX2 only
+    assert not convolution._has_avx512(flags.format("avx512_bf16 "))  # no Foundation
+    assert not convolution._has_avx512("")                          # no flags line (ARM, macOS)
+    assert convolution._forward_convolution_is_fast() in (True, False)
 
 
 def test_uncovered_cases_fall_back_to_lax():

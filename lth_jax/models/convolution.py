@@ -8,8 +8,8 @@ slower for Conv-2 (``../shared/notes/conv-on-xla-cpu.md``). A whole training run
 program, so every gradient convolution sits in a loop.
 
 :func:`canonical_conv_general_dilated` is ``lax.conv_general_dilated`` with a custom VJP made of
-matrix products of strided windows (one per kernel tap) plus pads, flips and reshapes, which
-XLA:CPU runs in its fast matmul code wherever they sit; the forward pass stays a canonical
+matrix products of strided windows (one per kernel tap) and canonical forward convolutions, plus
+pads, flips and reshapes, which XLA:CPU runs in its fast code wherever they sit; the forward pass stays a canonical
 convolution (NHWC input, HWIO kernel, NHWC output), which XLA:CPU also runs fast in loops, except
 where the input is smaller than the kernel (a 2x2 map under a 3x3 kernel: XLA:CPU's slow path,
 ~100x a matmul), where it is the matmul of the input's patches (``P`` below). For ``y = x ⋆ w``
@@ -20,18 +20,24 @@ and ``P(a, s)`` all of them concatenated (im2col, rows ordered as the HWIO kerne
 
 * input gradient: ``dx = Σ_t W_t(pad(dilate_s(dy), (k-1-p_lo, H+p_lo-(H_out-1)·s-1)), 1) ·
   flip(w)ᵀ[t]`` where ``dilate_s`` puts ``s-1`` zeros between the elements of ``dy`` (interior
-  padding), ``flip`` reverses the spatial axes and ``ᵀ`` swaps the kernel's in and out channels;
-* kernel gradient: ``dw[t] = W_t(pad(x, (p_lo, k+(H_out-1)·s-H-p_lo)), s)ᵀ · dy`` over all batch
-  and output positions (summed per example first where each has at least ``C_out`` positions).
+  padding), ``flip`` reverses the spatial axes and ``ᵀ`` swaps the kernel's in and out channels.
+  That sum is the canonical forward convolution of the padded ``dy`` with ``flip(w)ᵀ``; on CPUs
+  with AVX-512 it is computed as one (XLA:CPU runs it in YNNPACK, ~2x the matmuls of windows),
+  elsewhere as the sum of matmuls (on the AVX2 CPU measured, XLA's convolution ran at about half
+  the matmuls' rate), and everywhere as the sum where the input is smaller than the kernel;
+* kernel gradient: ``dw[t] = (dyᵀ · W_t(pad(x, (p_lo, k+(H_out-1)·s-H-p_lo)), s))ᵀ`` over all
+  batch and output positions (summed per example first where each has at least ``C_out``
+  positions), with ``dy`` transposed once for all taps.
 
-Why not convolutions for the gradients too: the kernel gradient written as one (batch and channel
-roles swapped, a 32×32 "kernel" for Conv-2) ran at ~3 GFLOP/s on this project's CPU, the patches
-product at ~40 (BUILD_NOTES.md). Windows rather than the concatenated patches: no tensor ``k_h·k_w``
-times an activation's size is written (Conv-2's steps 13% and ResNet-20's 21% shorter than with
-patches, BUILD_NOTES.md). Both gradients equal ``jax.grad`` of ``lax.conv_general_dilated`` up to
-float32 reassociation (tested). A strided layer's input gradient pays for the zeros of the dilated
-``dy`` (``s²`` times its FLOPs); only ResNet-20's two downsampling blocks (and their 1×1
-shortcuts) have strides.
+Why not a convolution for the kernel gradient too: written as one (batch and channel roles
+swapped, a 32×32 "kernel" for Conv-2) it ran at ~3 GFLOP/s on this project's first CPU, the
+patches product at ~40, and on an AVX-512 CPU at 35 against ~60 for the windows (BUILD_NOTES.md).
+Windows rather than the concatenated patches: no tensor ``k_h·k_w`` times an activation's size is
+written (Conv-2's steps 13% and ResNet-20's 21% shorter than with patches, BUILD_NOTES.md). Both
+gradients equal ``jax.grad`` of ``lax.conv_general_dilated`` up to float32 reassociation (tested,
+either way of computing the input gradient). A strided layer's input gradient pays for the zeros
+of the dilated ``dy`` (``s²`` times its FLOPs); only ResNet-20's two downsampling blocks (and
+their 1×1 shortcuts) have strides.
 
 The implementation is chosen per model with ``conv = "auto" | "xla" | "canonical_vjp"`` (see
 :func:`resolve`): "auto" is "canonical_vjp" on CPUs and "xla" (cuDNN's own kernels, no custom VJP) on
@@ -145,6 +151,26 @@ def _conv_fwd(x, w, strides, pads, precision):
     return _forward(x, w, strides, pads, precision), (x, w)
 
 
+def _has_avx512(cpuinfo: str) -> bool:
+    """Whether a ``/proc/cpuinfo`` text lists the ``avx512f`` flag (AVX-512 Foundation)."""
+    return any(line.startswith("flags") and "avx512f" in line.split(":", 1)[-1].split()
+               for line in cpuinfo.splitlines())
+
+
+@functools.cache
+def _forward_convolution_is_fast() -> bool:
+    """Whether the input gradient is computed as XLA's forward convolution here: on CPUs with
+    AVX-512, where XLA:CPU's convolution (YNNPACK) outruns the matmuls of windows ~2x; elsewhere
+    (AVX2, ARM, no ``/proc/cpuinfo``) the windows, measured faster on an AVX2 CPU. Read once per
+    process; a resumed run on the same machine computes the same gradients as the run it resumes.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            return _has_avx512(f.read())
+    except OSError:
+        return False
+
+
 def _dilate_and_pad(a: jax.Array, strides, edges) -> jax.Array:
     """Insert ``s-1`` zeros between the elements of ``a``'s spatial axes (1 and 2) and pad (or crop,
     for negative amounts) their edges by ``edges[i] = (lo, hi)``; one ``lax.pad``."""
@@ -183,38 +209,57 @@ def _input_patches(x: jax.Array, kernel, strides, pads, out) -> jax.Array:
 def _conv_bwd(strides, pads, precision, residuals, dy):
     x, w = residuals
     spatial_in, kernel, spatial_out = x.shape[1:3], w.shape[:2], dy.shape[1:3]
-    c_in, c_out = w.shape[2:]
+    batch, (c_in, c_out) = x.shape[0], w.shape[2:]
     # Length of dy once dilated by the strides: (H_out - 1)·s + 1 per spatial axis.
     dilated = [(o - 1) * s + 1 for o, s in zip(spatial_out, strides)]
-    # Both gradients are sums over the k_h·k_w kernel taps of matmuls of one strided window each:
-    # XLA:CPU runs matmuls at full speed inside loops, where a convolution with the batch and
-    # channel roles swapped (the kernel gradient's natural form: a 32×32 "kernel" for Conv-2) ran
-    # at ~3 GFLOP/s. Windows instead of one concatenated patch matrix: nothing k_h·k_w times the
-    # size of an activation is written, which matters most for narrow layers (ResNet-20's 16
-    # channels: 2x faster input gradients, BUILD_NOTES.md).
 
     # Input gradient: full correlation of the dilated output gradient with the flipped kernel,
     # channels swapped (HWIO with I = C_out, O = C_in), cropped/padded to the input's size.
     edges = [(k - 1 - lo, n + lo - d) for n, k, (lo, _), d in zip(spatial_in, kernel, pads, dilated)]
-    dy_windows = _windows(_dilate_and_pad(dy, strides, edges), kernel, (1, 1), spatial_in)
-    w_flipped = jnp.swapaxes(w[::-1, ::-1], 2, 3).reshape(-1, c_out, c_in)
-    products = [jnp.matmul(window, w_tap, precision=precision)
-                for window, w_tap in zip(dy_windows, w_flipped)]
-    dx = sum(products[1:], products[0])
+    dy_padded = _dilate_and_pad(dy, strides, edges)
+    w_flipped = jnp.swapaxes(w[::-1, ::-1], 2, 3)
+    if _forward_convolution_is_fast() and all(n >= k for n, k in zip(spatial_in, kernel)):
+        # That correlation is a canonical forward convolution, which XLA:CPU runs in YNNPACK at
+        # ~100 GFLOP/s a core on AVX-512 CPUs, inside loops too: Conv-2's 32x32x64 layer 48 ms
+        # against 92 for the windows below (slice copies, matmuls, their sum). Not where the
+        # input is smaller than the kernel: XLA's slow path again (VGG-19's 2x2 maps: 1,051 ms
+        # against 18, experiments/conv_gradients.py).
+        dx = lax.conv_general_dilated(dy_padded, w_flipped, (1, 1), "VALID",
+                                      dimension_numbers=_NHWC, precision=precision)
+    else:
+        # Sums over the k_h·k_w kernel taps of matmuls of one strided window each: on the AVX2
+        # CPU measured (2026-12-01) XLA's convolution ran at 23 GFLOP/s a core, the matmuls at 41.
+        # Windows, not one concatenated patch matrix: nothing k_h·k_w times an activation's size
+        # is written (ResNet-20's 16 channels: 2x faster, BUILD_NOTES.md).
+        products = [jnp.matmul(window, w_tap, precision=precision)
+                    for window, w_tap in zip(_windows(dy_padded, kernel, (1, 1), spatial_in),
+                                             w_flipped.reshape(-1, c_out, c_in))]
+        dx = sum(products[1:], products[0])
 
-    # Kernel gradient: tap (i, j) is Σ over batch and output positions of (input window)ᵀ · dy.
+    # Kernel gradient: tap (i, j) is Σ over batch and output positions of dyᵀ · (input window),
+    # a (C_out, C_in) matmul, transposed at the end. XLA:CPU's fast matmul (YNNPACK) wants the
+    # contracted axis minor in its left operand and major in its right one. An NHWC window
+    # (positions, C_in) is a right operand as it is; dy becomes a left one by one transpose to
+    # (N, C_out, positions), shared by the k_h·k_w taps. The other way round (the window on the
+    # left) XLA transposed every window (Conv-2: 9 transposes of 5 ms a step). The barrier keeps
+    # XLA from folding the transpose of dy back into each matmul, which then runs in XLA's slower
+    # general-layout code (8.7 ms instead of 5.5 for a Conv-2 tap).
     # With at least C_out output positions per example, per-example products summed over the
     # batch run faster than one product over everything (1.1-2.4x for Conv-2's and ResNet-20's
-    # layers); with fewer, their (N, C_in, C_out) partial sums outweigh the inputs: 10x slower at
+    # layers); with fewer, their (N, C_out, C_in) partial sums outweigh the inputs: 10x slower at
     # 4x4 with 512 channels, and a Conv-6 step 20% slower when its 8x8x256 layers used them
     # (experiments/conv_gradients.py, experiments/step_time.py).
     x_windows = _windows(_padded_input(x, kernel, strides, pads, spatial_out), kernel, strides,
                          spatial_out)
-    if spatial_out[0] * spatial_out[1] >= c_out:
-        tap = lambda v: jnp.sum(jnp.einsum("nhwc,nhwo->nco", v, dy, precision=precision), axis=0)
+    positions = spatial_out[0] * spatial_out[1]
+    if positions >= c_out:
+        dy_t = lax.optimization_barrier(jnp.swapaxes(dy.reshape(batch, positions, c_out), 1, 2))
+        tap = lambda v: jnp.sum(jnp.matmul(dy_t, v.reshape(batch, positions, c_in),
+                                           precision=precision), axis=0)
     else:
-        tap = lambda v: jnp.einsum("nhwc,nhwo->co", v, dy, precision=precision)
-    dw = jnp.stack([tap(window) for window in x_windows])
+        dy_t = lax.optimization_barrier(dy.reshape(batch * positions, c_out).T)
+        tap = lambda v: jnp.matmul(dy_t, v.reshape(batch * positions, c_in), precision=precision)
+    dw = jnp.swapaxes(jnp.stack([tap(window) for window in x_windows]), 1, 2)
     return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
 
 
