@@ -27,6 +27,9 @@ CASES = {
     "1x1 s1": ((8, 8, 4), 6, (1, 1), (1, 1), "SAME", True),
     "1x1 s2 resnet shortcut": ((8, 8, 16), 32, (1, 1), (2, 2), "SAME", False),
     "3x3 s3 non-square": ((10, 11, 3), 4, (3, 2), (3, 2), "SAME", True),
+    # a first layer: the 9 windows (27 channels) are smaller than dy (32), the kernel gradient
+    # transposes them instead of dy
+    "3x3 s1 SAME first layer": ((8, 8, 3), 32, (3, 3), (1, 1), "SAME", True),
     # inputs smaller than the kernel: the forward pass is a patches matmul too (VGG-19's last stage)
     "3x3 s1 SAME on 2x2": ((2, 2, 8), 4, (3, 3), (1, 1), "SAME", True),
     "3x3 s1 SAME on 1x1": ((1, 1, 8), 4, (3, 3), (1, 1), "SAME", False),

@@ -27,7 +27,8 @@ and ``P(a, s)`` all of them concatenated (im2col, rows ordered as the HWIO kerne
   the matmuls' rate), and everywhere as the sum where the input is smaller than the kernel;
 * kernel gradient: ``dw[t] = (dyᵀ · W_t(pad(x, (p_lo, k+(H_out-1)·s-H-p_lo)), s))ᵀ`` over all
   batch and output positions (summed per example first where each has at least ``C_out``
-  positions), with ``dy`` transposed once for all taps.
+  positions), with ``dy`` transposed once for all taps (each window instead where the windows
+  together hold fewer channels than ``dy``: a first layer's 9 × 3 against 64).
 
 Why not a convolution for the kernel gradient too: written as one (batch and channel roles
 swapped, a 32×32 "kernel" for Conv-2) it ran at ~3 GFLOP/s on this project's first CPU, the
@@ -241,9 +242,11 @@ def _conv_bwd(strides, pads, precision, residuals, dy):
     # contracted axis minor in its left operand and major in its right one. An NHWC window
     # (positions, C_in) is a right operand as it is; dy becomes a left one by one transpose to
     # (N, C_out, positions), shared by the k_h·k_w taps. The other way round (the window on the
-    # left) XLA transposed every window (Conv-2: 9 transposes of 5 ms a step). The barrier keeps
-    # XLA from folding the transpose of dy back into each matmul, which then runs in XLA's slower
-    # general-layout code (8.7 ms instead of 5.5 for a Conv-2 tap).
+    # left) XLA transposes every window (Conv-2: 9 transposes of 5 ms a step), which pays only
+    # where the windows together are smaller than dy (a first layer: 9 x 3 channels against 64;
+    # Conv-2's step 3% shorter). The barrier keeps XLA from folding the transpose of dy back into
+    # each matmul, which then runs in XLA's slower general-layout code (8.7 ms instead of 5.5 for
+    # a Conv-2 tap).
     # With at least C_out output positions per example, per-example products summed over the
     # batch run faster than one product over everything (1.1-2.4x for Conv-2's and ResNet-20's
     # layers); with fewer, their (N, C_out, C_in) partial sums outweigh the inputs: 10x slower at
@@ -252,6 +255,23 @@ def _conv_bwd(strides, pads, precision, residuals, dy):
     x_windows = _windows(_padded_input(x, kernel, strides, pads, spatial_out), kernel, strides,
                          spatial_out)
     positions = spatial_out[0] * spatial_out[1]
+    per_example = positions >= c_out
+    if len(x_windows) * c_in < c_out:  # windowᵀ · dy: (C_in, C_out) a tap
+        spec = "nhwc,nhwo->nco" if per_example else "nhwc,nhwo->co"
+        tap = lambda v: jnp.einsum(spec, v, dy, precision=precision)
+        order = (0, 1, 2)
+    elif per_example:  # dyᵀ · window: (C_out, C_in) a tap
+        dy_t = lax.optimization_barrier(jnp.swapaxes(dy.reshape(batch, positions, c_out), 1, 2))
+        tap = lambda v: jnp.matmul(dy_t, v.reshape(batch, positions, c_in), precision=precision)
+        order = (0, 2, 1)
+    else:
+        dy_t = lax.optimization_barrier(dy.reshape(batch * positions, c_out).T)
+        tap = lambda v: jnp.matmul(dy_t, v.reshape(batch * positions, c_in), precision=precision)
+        order = (0, 2, 1)
+    taps = [tap(window) for window in x_windows]
+    dw = jnp.stack([jnp.sum(t, axis=0) for t in taps] if per_example else taps)
+    dw = jnp.transpose(dw, order)
+    return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
     if positions >= c_out:
         dy_t = lax.optimization_barrier(jnp.swapaxes(dy.reshape(batch, positions, c_out), 1, 2))
         tap = lambda v: jnp.sum(jnp.matmul(dy_t, v.reshape(batch, positions, c_in),
