@@ -272,15 +272,6 @@ def _conv_bwd(strides, pads, precision, residuals, dy):
     dw = jnp.stack([jnp.sum(t, axis=0) for t in taps] if per_example else taps)
     dw = jnp.transpose(dw, order)
     return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
-    if positions >= c_out:
-        dy_t = lax.optimization_barrier(jnp.swapaxes(dy.reshape(batch, positions, c_out), 1, 2))
-        tap = lambda v: jnp.sum(jnp.matmul(dy_t, v.reshape(batch, positions, c_in),
-                                           precision=precision), axis=0)
-    else:
-        dy_t = lax.optimization_barrier(dy.reshape(batch * positions, c_out).T)
-        tap = lambda v: jnp.matmul(dy_t, v.reshape(batch * positions, c_in), precision=precision)
-    dw = jnp.swapaxes(jnp.stack([tap(window) for window in x_windows]), 1, 2)
-    return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
