@@ -28,8 +28,18 @@ CASES = {
     "1x1 s2 resnet shortcut": ((8, 8, 16), 32, (1, 1), (2, 2), "SAME", False),
     "3x3 s3 non-square": ((10, 11, 3), 4, (3, 2), (3, 2), "SAME", True),
     # a first layer: the 9 windows (27 channels) are smaller than dy (32), the kernel gradient
-    # transposes them instead of dy
+    # transposes them instead of dy (so do "1x1 s1" and the ResNet shortcut)
     "3x3 s1 SAME first layer": ((8, 8, 3), 32, (3, 3), (1, 1), "SAME", True),
+    # the same with fewer output positions than channels: one contraction, no per-example sums
+    "3x3 s1 SAME first layer few positions": ((2, 2, 1), 16, (3, 3), (1, 1), "SAME", False),
+    # padding past the kernel (the input gradient crops dy's padded edge), at strides 1 and 2
+    "3x3 s1 explicit pad past the kernel": ((6, 6, 2), 3, (3, 3), (1, 1), ((0, 4), (4, 0)), True),
+    "3x3 s2 explicit pad past the kernel": ((7, 7, 2), 3, (3, 3), (2, 2), ((0, 4), (3, 1)), False),
+    # negative padding (crops the input), an input exactly the kernel's size, and one smaller
+    # than the kernel along one axis only
+    "3x3 s1 negative padding": ((8, 8, 2), 3, (3, 3), (1, 1), ((-1, 1), (1, -2)), True),
+    "3x3 s1 VALID on 3x3": ((3, 3, 2), 4, (3, 3), (1, 1), "VALID", True),
+    "3x3 s1 SAME on 5x2": ((5, 2, 3), 4, (3, 3), (1, 1), "SAME", False),
     # inputs smaller than the kernel: the forward pass is a patches matmul too (VGG-19's last stage)
     "3x3 s1 SAME on 2x2": ((2, 2, 8), 4, (3, 3), (1, 1), "SAME", True),
     "3x3 s1 SAME on 1x1": ((1, 1, 8), 4, (3, 3), (1, 1), "SAME", False),
@@ -110,7 +120,7 @@ def test_the_input_gradient_is_a_forward_convolution_only_where_chosen(strides, 
     # An input smaller than the kernel: windows even where the convolution is chosen (XLA:CPU's
     # slow path), and a patches matmul forward.
     monkeypatch.setattr(convolution, "_forward_convolution_is_fast", lambda: True)
-    assert _backward_convolutions((2, 2, 2, 3), (3, 3, 3, 4)) == 0
+    assert _backward_convolutions((2, 2, 2, 3), (3, 3, 3, 4), strides) == 0
 
 
 def test_avx512_is_read_from_the_cpu_flags():
@@ -119,7 +129,14 @@ def test_avx512_is_read_from_the_cpu_flags():
     assert not convolution._has_avx512(flags.format(""))          # AVX2 only
     assert not convolution._has_avx512(flags.format("avx512_bf16 "))  # no Foundation
     assert not convolution._has_avx512("")                          # no flags line (ARM, macOS)
-    assert convolution._forward_convolution_is_fast() in (True, False)
+
+
+def test_the_choice_reads_the_cpuinfo_file(tmp_path):
+    for flags, fast in (("fpu avx2 avx512f", True), ("fpu avx2", False)):
+        path = tmp_path / f"cpuinfo_{fast}"
+        path.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert convolution._forward_convolution_is_fast(str(path)) is fast
+    assert convolution._forward_convolution_is_fast(str(tmp_path / "missing")) is False
 
 
 def test_uncovered_cases_fall_back_to_lax():

@@ -8,9 +8,10 @@ slower for Conv-2 (``../shared/notes/conv-on-xla-cpu.md``). A whole training run
 program, so every gradient convolution sits in a loop.
 
 :func:`canonical_conv_general_dilated` is ``lax.conv_general_dilated`` with a custom VJP made of
-matrix products of strided windows (one per kernel tap) and canonical forward convolutions, plus
-pads, flips and reshapes, which XLA:CPU runs in its fast code wherever they sit; the forward pass stays a canonical
-convolution (NHWC input, HWIO kernel, NHWC output), which XLA:CPU also runs fast in loops, except
+matrix products of strided windows (one per kernel tap) and forward convolutions, plus pads,
+flips and reshapes, which XLA:CPU runs in its fast code wherever they sit; the forward pass stays a
+canonical convolution (NHWC input, HWIO kernel, NHWC output), which XLA:CPU also runs fast in
+loops, except
 where the input is smaller than the kernel (a 2x2 map under a 3x3 kernel: XLA:CPU's slow path,
 ~100x a matmul), where it is the matmul of the input's patches (``P`` below). For ``y = x ⋆ w``
 with strides ``s``, padding ``(p_lo, p_hi)`` and kernel size ``k`` per spatial axis, ``W_t(a, s)``
@@ -36,9 +37,11 @@ patches product at ~40, and on an AVX-512 CPU at 35 against ~60 for the windows 
 Windows rather than the concatenated patches: no tensor ``k_h·k_w`` times an activation's size is
 written (Conv-2's steps 13% and ResNet-20's 21% shorter than with patches, BUILD_NOTES.md). Both
 gradients equal ``jax.grad`` of ``lax.conv_general_dilated`` up to float32 reassociation (tested,
-either way of computing the input gradient). A strided layer's input gradient pays for the zeros
-of the dilated ``dy`` (``s²`` times its FLOPs); only ResNet-20's two downsampling blocks (and
-their 1×1 shortcuts) have strides.
+either way of computing the input gradient). A strided layer's input gradient as windows pays
+for the zeros of the dilated ``dy`` (``s²`` times its FLOPs); as a convolution XLA folds the
+dilation into it (an input-dilated convolution, which XLA:CPU runs in Eigen rather than YNNPACK:
+ResNet-20's downsampling layers still ~4x faster than the windows). Only ResNet-20's two
+downsampling blocks (and their 1×1 shortcuts) have strides.
 
 The implementation is chosen per model with ``conv = "auto" | "xla" | "canonical_vjp"`` (see
 :func:`resolve`): "auto" is "canonical_vjp" on CPUs and "xla" (cuDNN's own kernels, no custom VJP) on
@@ -159,14 +162,14 @@ def _has_avx512(cpuinfo: str) -> bool:
 
 
 @functools.cache
-def _forward_convolution_is_fast() -> bool:
+def _forward_convolution_is_fast(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether the input gradient is computed as XLA's forward convolution here: on CPUs with
     AVX-512, where XLA:CPU's convolution (YNNPACK) outruns the matmuls of windows ~2x; elsewhere
     (AVX2, ARM, no ``/proc/cpuinfo``) the windows, measured faster on an AVX2 CPU. Read once per
     process; a resumed run on the same machine computes the same gradients as the run it resumes.
     """
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             return _has_avx512(f.read())
     except OSError:
         return False
@@ -220,11 +223,12 @@ def _conv_bwd(strides, pads, precision, residuals, dy):
     dy_padded = _dilate_and_pad(dy, strides, edges)
     w_flipped = jnp.swapaxes(w[::-1, ::-1], 2, 3)
     if _forward_convolution_is_fast() and all(n >= k for n, k in zip(spatial_in, kernel)):
-        # That correlation is a canonical forward convolution, which XLA:CPU runs in YNNPACK at
-        # ~100 GFLOP/s a core on AVX-512 CPUs, inside loops too: Conv-2's 32x32x64 layer 48 ms
-        # against 92 for the windows below (slice copies, matmuls, their sum). Not where the
-        # input is smaller than the kernel: XLA's slow path again (VGG-19's 2x2 maps: 1,051 ms
-        # against 18, experiments/conv_gradients.py).
+        # That correlation is a forward convolution, which XLA:CPU runs in YNNPACK at ~100
+        # GFLOP/s a core on AVX-512 CPUs, inside loops too: Conv-2's 32x32x64 layer 47 ms against
+        # 92 for the windows below (slice copies, matmuls, their sum). Not where the input is
+        # smaller than the kernel: XLA folds the pad into the convolution, whose input is then
+        # smaller than its kernel, which YNNPACK refuses: VGG-19's 2x2x512 maps ~1 s against 18 ms
+        # (experiments/conv_gradients.py).
         dx = lax.conv_general_dilated(dy_padded, w_flipped, (1, 1), "VALID",
                                       dimension_numbers=_NHWC, precision=precision)
     else:
@@ -243,13 +247,13 @@ def _conv_bwd(strides, pads, precision, residuals, dy):
     # (positions, C_in) is a right operand as it is; dy becomes a left one by one transpose to
     # (N, C_out, positions), shared by the k_h·k_w taps. The other way round (the window on the
     # left) XLA transposes every window (Conv-2: 9 transposes of 5 ms a step), which pays only
-    # where the windows together are smaller than dy (a first layer: 9 x 3 channels against 64;
-    # Conv-2's step 3% shorter). The barrier keeps XLA from folding the transpose of dy back into
+    # where the windows together are smaller than dy (a first layer: 9 x 3 channels against 64,
+    # Conv-2's step 3% shorter; ResNet-20's 1x1 shortcuts: 16 against 32). The barrier keeps XLA from folding the transpose of dy back into
     # each matmul, which then runs in XLA's slower general-layout code (8.7 ms instead of 5.5 for
     # a Conv-2 tap).
     # With at least C_out output positions per example, per-example products summed over the
     # batch run faster than one product over everything (1.1-2.4x for Conv-2's and ResNet-20's
-    # layers); with fewer, their (N, C_out, C_in) partial sums outweigh the inputs: 10x slower at
+    # layers); with fewer, their per-example partial sums outweigh the inputs: 10x slower at
     # 4x4 with 512 channels, and a Conv-6 step 20% slower when its 8x8x256 layers used them
     # (experiments/conv_gradients.py, experiments/step_time.py).
     x_windows = _windows(_padded_input(x, kernel, strides, pads, spatial_out), kernel, strides,
