@@ -60,7 +60,8 @@ def main() -> None:
         flipped = lambda w: jnp.swapaxes(w[::-1, ::-1], 2, 3)  # HWIO with I = C_out, O = C_in
         windows = lambda a: convolution._windows(pad1(a), (3, 3), (1, 1), (size, size))
         # dy as (N, C_out, positions), materialised once (as lth_jax does since 2026-12-05)
-        dy_t = lambda dy: lax.optimization_barrier(jnp.swapaxes(dy.reshape(batch, -1, c_out), 1, 2))
+        dy_t = lambda dy: lax.optimization_barrier(
+            jnp.swapaxes(dy.reshape(batch, -1, c_out), 1, 2))
         cases = {
             "dw patches": (lambda x, dy: jnp.matmul(
                 convolution._patches(pad1(x), (3, 3), (1, 1), (size, size)).reshape(-1, 9 * c_in).T,

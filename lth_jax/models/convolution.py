@@ -11,11 +11,10 @@ program, so every gradient convolution sits in a loop.
 matrix products of strided windows (one per kernel tap) and forward convolutions, plus pads,
 flips and reshapes, which XLA:CPU runs in its fast code wherever they sit; the forward pass stays a
 canonical convolution (NHWC input, HWIO kernel, NHWC output), which XLA:CPU also runs fast in
-loops, except
-where the input is smaller than the kernel (a 2x2 map under a 3x3 kernel: XLA:CPU's slow path,
-~100x a matmul), where it is the matmul of the input's patches (``P`` below). For ``y = x ⋆ w``
-with strides ``s``, padding ``(p_lo, p_hi)`` and kernel size ``k`` per spatial axis, ``W_t(a, s)``
-the window of ``a`` that kernel tap ``t = (i, j)`` meets at stride ``s`` (``(N, H_out, W_out, C)``)
+loops, except where the input is smaller than the kernel (a 2x2 map under a 3x3 kernel: XLA:CPU's
+slow path, ~100x a matmul), where it is the matmul of the input's patches (``P`` below). For
+``y = x ⋆ w`` with strides ``s``, padding ``(p_lo, p_hi)`` and kernel size ``k`` per spatial
+axis, ``W_t(a, s)`` the window of ``a`` that kernel tap ``t = (i, j)`` meets at stride ``s`` (``(N, H_out, W_out, C)``)
 and ``P(a, s)`` all of them concatenated (im2col, rows ordered as the HWIO kernel's
 ``(k_h, k_w, C)``):
 
@@ -248,9 +247,9 @@ def _conv_bwd(strides, pads, precision, residuals, dy):
     # (N, C_out, positions), shared by the k_h·k_w taps. The other way round (the window on the
     # left) XLA transposes every window (Conv-2: 9 transposes of 5 ms a step), which pays only
     # where the windows together are smaller than dy (a first layer: 9 x 3 channels against 64,
-    # Conv-2's step 3% shorter; ResNet-20's 1x1 shortcuts: 16 against 32). The barrier keeps XLA from folding the transpose of dy back into
-    # each matmul, which then runs in XLA's slower general-layout code (8.7 ms instead of 5.5 for
-    # a Conv-2 tap).
+    # Conv-2's step 3% shorter; ResNet-20's 1x1 shortcuts: 16 against 32). The barrier keeps XLA
+    # from folding the transpose of dy back into each matmul, which then runs in XLA's slower
+    # general-layout code (8.7 ms instead of 5.5 for a Conv-2 tap).
     # With at least C_out output positions per example, per-example products summed over the
     # batch run faster than one product over everything (1.1-2.4x for Conv-2's and ResNet-20's
     # layers); with fewer, their per-example partial sums outweigh the inputs: 10x slower at
