@@ -14,9 +14,9 @@ canonical convolution (NHWC input, HWIO kernel, NHWC output), which XLA:CPU also
 loops, except where the input is smaller than the kernel (a 2x2 map under a 3x3 kernel: XLA:CPU's
 slow path, ~100x a matmul), where it is the matmul of the input's patches (``P`` below). For
 ``y = x ⋆ w`` with strides ``s``, padding ``(p_lo, p_hi)`` and kernel size ``k`` per spatial
-axis, ``W_t(a, s)`` the window of ``a`` that kernel tap ``t = (i, j)`` meets at stride ``s`` (``(N, H_out, W_out, C)``)
-and ``P(a, s)`` all of them concatenated (im2col, rows ordered as the HWIO kernel's
-``(k_h, k_w, C)``):
+axis, ``W_t(a, s)`` the window of ``a`` that kernel tap ``t = (i, j)`` meets at stride ``s``
+(``(N, H_out, W_out, C)``) and ``P(a, s)`` all of them concatenated (im2col, rows ordered as the
+HWIO kernel's ``(k_h, k_w, C)``):
 
 * input gradient: ``dx = Σ_t W_t(pad(dilate_s(dy), (k-1-p_lo, H+p_lo-(H_out-1)·s-1)), 1) ·
   flip(w)ᵀ[t]`` where ``dilate_s`` puts ``s-1`` zeros between the elements of ``dy`` (interior
