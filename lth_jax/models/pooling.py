@@ -4,20 +4,19 @@ Why: ``flax.linen.max_pool`` is a ``reduce_window``, whose gradient XLA lowers t
 ``select_and_scatter``, which XLA:CPU runs slowly: Conv-2's pool (60 × 32×32×64 inputs), forward
 and backward inside a scan, takes 40 ms on one core, a fifth of the whole training step. The
 networks here only pool with non-overlapping windows (stride = window), and such a pool is a
-reshape and a ``max`` over two axes, whose gradient is element-wise (compare, select, multiply):
-5.6 ms for the same pool, 7-17x faster for the pools of Conv-2/4/6 and VGG-19
-(``experiments/pool_backward.py``; BUILD_NOTES.md).
+reshape and a ``max`` over two axes, whose gradient (a ``jax.custom_vjp``) is element-wise: each
+window's ``∂L/∂y`` goes to the first of its maxima in row-major order, chosen by k² chained
+compares and selects that XLA fuses into one loop. Forward + backward for Conv-2's pool: 1.5 ms
+against ``nn.max_pool``'s 46 (``experiments/pool_backward.py``; BUILD_NOTES.md).
 
 For ``x`` of shape ``(..., H, W, C)`` and window ``k``, with ``H' = ⌊H/k⌋``, ``W' = ⌊W/k⌋``::
 
     y[..., i, j, c] = max_{0 <= a, b < k} x[..., k·i + a, k·j + b, c]
 
 the rows and columns past ``k·H'`` and ``k·W'`` dropped, as ``nn.max_pool(x, (k, k), strides=(k, k))``
-(padding VALID) drops them. The values are those of ``nn.max_pool``, bit for bit. The gradient is
-too wherever a window has one maximum; a window with tied maxima shares ``∂L/∂y`` equally among
-them, where ``select_and_scatter`` gives all of it to the first. Both are subgradients of the max.
-In the networks here every pool follows a ReLU, so ties have probability zero except at 0, where the
-ReLU's own gradient is 0 and the two agree again.
+(padding VALID) drops them. The values are those of ``nn.max_pool``, bit for bit, and so is the
+gradient, tied maxima included: ``select_and_scatter`` also gives the whole of ``∂L/∂y`` to the
+first maximum of the window.
 """
 
 from __future__ import annotations
@@ -32,9 +31,10 @@ def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
     """Non-overlapping ``window × window`` max-pool with stride ``window`` over axes -3 and -2.
 
     ``x``: ``(..., H, W, C)`` (NHWC with any leading axes), any float dtype; returns
-    ``(..., H // window, W // window, C)`` of the same dtype, the values of
+    ``(..., H // window, W // window, C)`` of the same dtype, the values and gradient of
     ``nn.max_pool(x, (window, window), strides=(window, window))``. Pure; works under ``jit``,
-    ``vmap`` and ``grad``. Raises ``ValueError`` when a spatial axis is shorter than ``window``.
+    ``vmap``, ``grad`` and forward-over-reverse (``jax.jvp`` of a gradient), not under ``jax.jvp``
+    of the pool itself (a ``jax.custom_vjp``). Raises ``ValueError`` when a spatial axis is shorter than ``window``.
     """
     if x.ndim < 3:
         raise ValueError(f"max_pool: expected (..., H, W, C), got shape {x.shape}")
@@ -43,5 +43,38 @@ def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
     if window < 1 or rows == 0 or cols == 0:
         raise ValueError(f"max_pool: window {window} does not fit the spatial shape {(h, w)}")
     x = x[..., :rows * window, :cols * window, :]
-    blocks = x.reshape(*lead, rows, window, cols, window, c)
+    return _max_over_windows(x.reshape(*lead, rows, window, cols, window, c))
+
+
+@jax.custom_vjp
+def _max_over_windows(blocks: jax.Array) -> jax.Array:
+    """``(..., H', k, W', k, C) -> (..., H', W', C)``: the max over axes -4 and -2."""
     return jnp.max(blocks, axis=(-4, -2))
+
+
+def _max_over_windows_fwd(blocks):
+    pooled = jnp.max(blocks, axis=(-4, -2))
+    return pooled, (blocks, pooled)
+
+
+def _max_over_windows_bwd(residuals, cotangent):
+    # ∂L/∂y goes to the first maximum of its window in row-major order, as XLA's
+    # select_and_scatter (nn.max_pool's gradient) gives it. Written as k² element-wise selects
+    # chained by "taken", it is one loop fusion; JAX's own gradient of a max shares ∂L/∂y among
+    # tied maxima and needs a count per window, a reduction that XLA:CPU ran at a fifth of the
+    # speed of the selects (Conv-2: 8.7 ms of a 202 ms step, experiments/pool_backward.py).
+    blocks, pooled = residuals
+    window = blocks.shape[-2]
+    taken = jnp.zeros(pooled.shape, dtype=bool)
+    rows = []
+    for a in range(window):
+        row = []
+        for b in range(window):
+            at_max = blocks[..., a, :, b, :] == pooled
+            row.append(jnp.where(at_max & ~taken, cotangent, jnp.zeros_like(cotangent)))
+            taken = taken | at_max
+        rows.append(jnp.stack(row, axis=-2))  # (..., H', W', k, C)
+    return (jnp.stack(rows, axis=-4),)  # (..., H', k, W', k, C)
+
+
+_max_over_windows.defvjp(_max_over_windows_fwd, _max_over_windows_bwd)
