@@ -20,7 +20,9 @@ Cases, each in a fresh process (XLA's device count and threading are fixed at st
 
 Columns:
 * model-steps/s: R · iterations / wall seconds of the second call (the first one compiles);
-* GFLOP/s: XLA's own count of one masked train step (``compiled.cost_analysis()``) · model-steps/s;
+* GFLOP/s: XLA's own count of one masked train step (``compiled.cost_analysis()``, with the
+  kernel gradient in one piece: ``step_flop_count``) · model-steps/s; the JSON also has the count
+  of the same step with XLA's own convolutions (``stock_conv_step_gflop``);
   "% matmul": that against a 2048×2048 float32 matmul measured in its own process with all cores
   (the dense-linear-algebra rate this machine reaches, the natural ceiling for training);
 * compile s: first call minus second; peak MB: the process's peak RSS (device peak on GPUs);
@@ -59,6 +61,26 @@ def load_config(filename: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
+
+
+def step_flop_count(step, *args) -> float:
+    """XLA's count of the FLOPs of ``step(*args, 0, key)``, with the canonical-VJP kernel
+    gradient in one piece: XLA counts a loop's body once, and that gradient is a loop over chunks
+    of the batch on CPUs (``lth_jax.models.convolution``); in one piece it does the same matmuls
+    and window copies."""
+    import jax
+    import jax.numpy as jnp
+
+    from lth_jax.models import convolution
+
+    chunk_bytes, convolution._CHUNK_BYTES = convolution._CHUNK_BYTES, 1 << 62
+    try:
+        compiled = jax.jit(step).lower(*args, jnp.int32(0), jax.random.key(0)).compile()
+    finally:
+        convolution._CHUNK_BYTES = chunk_bytes
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0))
 
 
 def child(spec: dict) -> dict:
@@ -106,11 +128,13 @@ def child(spec: dict) -> dict:
     state = exp.trainer.init_state(p0["params"], p0["batch_stats"])
     x = jnp.zeros((spec["batch"],) + tuple(exp.input_shape), jnp.float32)
     y = jnp.zeros((spec["batch"],), jnp.int32)
-    compiled = jax.jit(exp.trainer.step).lower(state, m0, x, y, jnp.int32(0),
-                                                jax.random.key(0)).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    step_flops = float(cost.get("flops", 0.0))
+    step_flops = step_flop_count(exp.trainer.step, state, m0, x, y)
+    # The same step with XLA's own convolutions: the count does not depend on how lth_jax computes
+    # the gradients (its windows count the padded border's zeros, XLA's convolutions do not).
+    stock_flops = None
+    if getattr(exp.model, "conv", None) is not None:
+        c.model.conv = "xla"
+        stock_flops = step_flop_count(lottery.setup(c).trainer.step, state, m0, x, y) / 1e9
     device = jax.devices()[0]
     peak = None
     try:
@@ -123,6 +147,7 @@ def child(spec: dict) -> dict:
         "device_kind": device.device_kind, "conv": getattr(exp.model, "conv", "-"),
         "model_steps_per_s": steps_per_s, "examples_per_s": steps_per_s * spec["batch"],
         "step_gflop": step_flops / 1e9, "achieved_gflops": steps_per_s * step_flops / 1e9,
+        "stock_conv_step_gflop": stock_flops,
         "compile_s": max(first - second, 0.0), "seconds": second,
         "host_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device_peak_mb": peak / 2 ** 20 if peak else None,

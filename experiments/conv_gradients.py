@@ -4,8 +4,9 @@ ResNet-20's at 128) written several ways, on one single-threaded XLA:CPU device 
 * kernel gradient: one patches matmul (``P(x)ᵀ · dy``, lth_jax's before 2026-12-04), nine
   shifted-window contractions ``x[i:, j:]ᵀ · dy`` (no patch matrix), the same summed over
   per-example products (lth_jax's on 2026-12-04), and those products as ``dyᵀ · x[i:, j:]`` with
-  ``dy`` transposed once (what ``lth_jax.models.convolution`` does since 2026-12-05 where an
-  example has at least ``C_out`` output positions);
+  ``dy`` transposed once (lth_jax's on 2026-12-05), one such contraction over the whole batch,
+  and lth_jax's own (now: that contraction over chunks of a few examples, a scan;
+  timed at one example a chunk, at its rule's size, marked ``*``, at 4x that, and whole);
 * input gradient: the patches matmul (``P(dy) · flip(w)ᵀ``), nine shifted-window matmuls, and the
   canonical forward convolution of the padded ``dy`` with the flipped, channel-swapped kernel.
 
@@ -73,6 +74,9 @@ def main() -> None:
             "dw per-example, dy^T": (lambda x, dy: jnp.stack(
                 [jnp.sum(jnp.matmul(dy_t(dy), v.reshape(batch, -1, c_in)), 0)
                  for v in windows(x)]), x, dy),
+            "dw dy^T, whole batch": (lambda x, dy: jnp.stack(
+                [jnp.matmul(lax.optimization_barrier(dy.reshape(-1, c_out).T),
+                            v.reshape(-1, c_in)) for v in windows(x)]), x, dy),
             "dx patches": (lambda dy, w: jnp.matmul(
                 convolution._patches(pad1(dy), (3, 3), (1, 1), (size, size)),
                 flipped(w).reshape(-1, c_in)), dy, w),
@@ -85,6 +89,21 @@ def main() -> None:
         for name, (f, a, b) in cases.items():
             ms = milliseconds(f, a, b)
             print(f"   {name:24s} {ms:7.1f} ms ({flops / ms / 1e6:5.0f})", flush=True)
+        # lth_jax's kernel gradient (dy^T · windows over chunks of the batch, a scan) at its own
+        # chunk size and at others (the module's _CHUNK_BYTES, read when the program is traced).
+        lth_jax_dw = lambda x, dy: convolution._conv_bwd((1, 1), ((1, 1), (1, 1)), None,
+                                                         (x, w), dy)[1]
+        example = size * size * max(c_in, c_out) * 4
+        default = convolution._CHUNK_BYTES
+        for chunk_bytes in sorted({example, default, 4 * default, batch * example}):
+            convolution._CHUNK_BYTES = chunk_bytes
+            try:
+                chunk = convolution._examples_per_chunk(batch, example)
+                ms = milliseconds(lth_jax_dw, x, dy)
+            finally:
+                convolution._CHUNK_BYTES = default
+            label = f"dw lth_jax, {chunk} a chunk" + (" *" if chunk_bytes == default else "")
+            print(f"   {label:24s} {ms:7.1f} ms ({flops / ms / 1e6:5.0f})", flush=True)
 
 
 if __name__ == "__main__":

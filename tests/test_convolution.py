@@ -58,11 +58,14 @@ def _layers(features, kernel, strides, padding, bias):
     return nn.Conv(**kw), convolution.Conv(**kw)
 
 
-@pytest.fixture(params=["convolution", "windows"])
+@pytest.fixture(params=["convolution", "windows", "convolution, kernel gradient in chunks"])
 def input_gradient(request, monkeypatch):
-    """Each way of computing the input gradient, whatever this machine's CPU would pick."""
+    """Each way of computing the input gradient, whatever this machine's CPU would pick; the
+    third also computes the kernel gradient one example at a time (a scan over the batch)."""
     monkeypatch.setattr(convolution, "_forward_convolution_is_fast",
-                        lambda: request.param == "convolution")
+                        lambda: request.param != "windows")
+    if request.param.endswith("chunks"):
+        monkeypatch.setattr(convolution, "_CHUNK_BYTES", 1)
     return request.param
 
 
@@ -121,6 +124,36 @@ def test_the_input_gradient_is_a_forward_convolution_only_where_chosen(strides, 
     # slow path), and a patches matmul forward.
     monkeypatch.setattr(convolution, "_forward_convolution_is_fast", lambda: True)
     assert _backward_convolutions((2, 2, 2, 3), (3, 3, 3, 4), strides) == 0
+
+
+def test_chunks_are_the_most_examples_that_divide_the_batch_and_fit(monkeypatch):
+    kib = 1024
+    assert convolution._CHUNK_BYTES == 512 * kib
+    chunk = convolution._examples_per_chunk
+    assert chunk(60, 256 * kib) == 2    # Conv-2's 32x32x64 layer
+    assert chunk(60, 64 * kib) == 6     # 8 fit, 6 is the largest divisor of 60 up to 8
+    assert chunk(128, 64 * kib) == 8    # ResNet-20's first stage
+    assert chunk(7, 100 * kib) == 1     # a prime batch: one example at a time
+    assert chunk(60, 600 * kib) == 1    # an example larger than a chunk
+    assert chunk(64, 8 * kib) == 64     # everything fits: no scan
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert chunk(60, 256 * kib) == 60   # one matmul over the batch off CPUs
+
+
+def _kernel_gradient_loops(x_shape, w_shape):
+    """How many loops the HLO of one layer's kernel gradient holds."""
+    conv = lambda w, x: jnp.sum(convolution.canonical_conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)
+    return jax.jit(jax.grad(conv)).lower(jnp.ones(w_shape), jnp.ones(x_shape)).as_text().count(
+        "stablehlo.while")
+
+
+def test_the_kernel_gradient_scans_over_chunks_only_where_the_batch_does_not_fit():
+    # Conv-2's second layer: 2 examples a chunk, 30 chunks; the last stage of VGG-19: one matmul.
+    assert _kernel_gradient_loops((60, 32, 32, 64), (3, 3, 64, 64)) == 1
+    assert _kernel_gradient_loops((64, 2, 2, 512), (3, 3, 512, 512)) == 0
+    # a first layer (9 x 3 channels against 64) takes its windows' transposes, whole
+    assert _kernel_gradient_loops((60, 32, 32, 3), (3, 3, 3, 64)) == 0
 
 
 def test_avx512_is_read_from_the_cpu_flags():

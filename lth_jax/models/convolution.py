@@ -26,9 +26,10 @@ HWIO kernel's ``(k_h, k_w, C)``):
   elsewhere as the sum of matmuls (on the AVX2 CPU measured, XLA's convolution ran at about half
   the matmuls' rate), and everywhere as the sum where the input is smaller than the kernel;
 * kernel gradient: ``dw[t] = (dyᵀ · W_t(pad(x, (p_lo, k+(H_out-1)·s-H-p_lo)), s))ᵀ`` over all
-  batch and output positions (summed per example first where each has at least ``C_out``
-  positions), with ``dy`` transposed once for all taps (each window instead where the windows
-  together hold fewer channels than ``dy``: a first layer's 9 × 3 against 64).
+  batch and output positions, with ``dy`` transposed once for all taps, computed a few examples
+  at a time (a ``lax.scan`` over chunks of the batch, each chunk's operands about half of a 1 MiB
+  L2 cache; the whole batch at once off CPUs); where the windows together hold fewer channels than
+  ``dy`` (a first layer's 9 × 3 against 64) each window is transposed instead, over the whole batch.
 
 Why not a convolution for the kernel gradient too: written as one (batch and channel roles
 swapped, a 32×32 "kernel" for Conv-2) it ran at ~3 GFLOP/s on this project's first CPU, the
@@ -209,6 +210,22 @@ def _input_patches(x: jax.Array, kernel, strides, pads, out) -> jax.Array:
     return _patches(_padded_input(x, kernel, strides, pads, out), kernel, strides, out)
 
 
+#: Bytes of one chunk of the kernel gradient's operands (examples × output positions × the wider
+#: channel count): half of a 1 MiB L2 cache, AMD Zen 4's. Measured on Conv-2/4/6's, VGG-19's and
+#: ResNet-20's layers (experiments/conv_gradients.py): 256-512 KiB chunks ran fastest; 1 MiB and
+#: more lost up to 20% of the gain, a single example 1-5%.
+_CHUNK_BYTES = 512 * 1024
+
+
+def _examples_per_chunk(batch: int, bytes_per_example: int) -> int:
+    """The most examples that divide ``batch`` and fit ``_CHUNK_BYTES`` (at least 1); the whole
+    batch off CPUs, whose caches this is about (a GPU wants one large matmul)."""
+    if jax.default_backend() != "cpu":
+        return batch
+    most = max(1, _CHUNK_BYTES // bytes_per_example)
+    return max(d for d in range(1, min(batch, most) + 1) if batch % d == 0)
+
+
 def _conv_bwd(strides, pads, precision, residuals, dy):
     x, w = residuals
     spatial_in, kernel, spatial_out = x.shape[1:3], w.shape[:2], dy.shape[1:3]
@@ -244,36 +261,48 @@ def _conv_bwd(strides, pads, precision, residuals, dy):
     # a (C_out, C_in) matmul, transposed at the end. XLA:CPU's fast matmul (YNNPACK) wants the
     # contracted axis minor in its left operand and major in its right one. An NHWC window
     # (positions, C_in) is a right operand as it is; dy becomes a left one by one transpose to
-    # (N, C_out, positions), shared by the k_h·k_w taps. The other way round (the window on the
+    # (C_out, positions), shared by the k_h·k_w taps. The other way round (the window on the
     # left) XLA transposes every window (Conv-2: 9 transposes of 5 ms a step), which pays only
     # where the windows together are smaller than dy (a first layer: 9 x 3 channels against 64,
     # Conv-2's step 3% shorter; ResNet-20's 1x1 shortcuts: 16 against 32). The barrier keeps XLA
     # from folding the transpose of dy back into each matmul, which then runs in XLA's slower
     # general-layout code (8.7 ms instead of 5.5 for a Conv-2 tap).
-    # With at least C_out output positions per example, per-example products summed over the
-    # batch run faster than one product over everything (1.1-2.4x for Conv-2's and ResNet-20's
-    # layers); with fewer, their per-example partial sums outweigh the inputs: 10x slower at
-    # 4x4 with 512 channels, and a Conv-6 step 20% slower when its 8x8x256 layers used them
-    # (experiments/conv_gradients.py, experiments/step_time.py).
-    x_windows = _windows(_padded_input(x, kernel, strides, pads, spatial_out), kernel, strides,
-                         spatial_out)
-    positions = spatial_out[0] * spatial_out[1]
-    per_example = positions >= c_out
-    if len(x_windows) * c_in < c_out:  # windowᵀ · dy: (C_in, C_out) a tap
-        spec = "nhwc,nhwo->nco" if per_example else "nhwc,nhwo->co"
-        tap = lambda v: jnp.einsum(spec, v, dy, precision=precision)
-        order = (0, 1, 2)
-    elif per_example:  # dyᵀ · window: (C_out, C_in) a tap
-        dy_t = lax.optimization_barrier(jnp.swapaxes(dy.reshape(batch, positions, c_out), 1, 2))
-        tap = lambda v: jnp.matmul(dy_t, v.reshape(batch, positions, c_in), precision=precision)
-        order = (0, 2, 1)
+    if kernel[0] * kernel[1] * c_in < c_out:  # windowᵀ · dy: (C_in, C_out) a tap
+        positions = spatial_out[0] * spatial_out[1]
+        # Per example, summed over the batch, where an example has at least C_out positions
+        # (1.1-2.4x faster than one contraction for the first layers measured).
+        spec = "nhwc,nhwo->nco" if positions >= c_out else "nhwc,nhwo->co"
+        taps = [jnp.einsum(spec, window, dy, precision=precision)
+                for window in _windows(_padded_input(x, kernel, strides, pads, spatial_out),
+                                       kernel, strides, spatial_out)]
+        dw = jnp.stack([jnp.sum(t, axis=0) for t in taps] if positions >= c_out else taps)
+        return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
+
+    def kernel_gradient(x_part: jax.Array, dy_part: jax.Array) -> jax.Array:
+        """(k_h·k_w, C_out, C_in): the taps over the examples of ``x_part`` and ``dy_part``."""
+        rows = x_part.shape[0] * spatial_out[0] * spatial_out[1]
+        dy_t = lax.optimization_barrier(dy_part.reshape(rows, c_out).T)
+        return jnp.stack([jnp.matmul(dy_t, window.reshape(rows, c_in), precision=precision)
+                          for window in _windows(_padded_input(x_part, kernel, strides, pads,
+                                                               spatial_out),
+                                                 kernel, strides, spatial_out)])
+
+    # A few examples at a time (lax.scan over chunks of the batch): each chunk's window copies
+    # and dy transpose then stay in the core's cache for the matmuls that read them. Over the
+    # whole batch at once, Conv-2's 32x32x64 layer took 74.5 ms (9 × 5.5 ms of matmuls, 9 × 1.4-2.3
+    # ms of window copies, 3 ms for the transpose); two examples at a time 62 ms, and ResNet-20's
+    # 32x32x16 layer 22.0 -> 12.8 ms (experiments/conv_gradients.py).
+    chunk = _examples_per_chunk(batch, spatial_out[0] * spatial_out[1] * max(c_in, c_out)
+                                * x.dtype.itemsize)
+    if chunk == batch:
+        dw = kernel_gradient(x, dy)
     else:
-        dy_t = lax.optimization_barrier(dy.reshape(batch * positions, c_out).T)
-        tap = lambda v: jnp.matmul(dy_t, v.reshape(batch * positions, c_in), precision=precision)
-        order = (0, 2, 1)
-    taps = [tap(window) for window in x_windows]
-    dw = jnp.stack([jnp.sum(t, axis=0) for t in taps] if per_example else taps)
-    dw = jnp.transpose(dw, order)
+        split = lambda a: a.reshape(batch // chunk, chunk, *a.shape[1:])
+        accumulate = lambda total, part: (total + kernel_gradient(*part), None)
+        total = jnp.zeros((kernel[0] * kernel[1], c_out, c_in),
+                          jnp.promote_types(x.dtype, jnp.float32))
+        dw = lax.scan(accumulate, total, (split(x), split(dy)))[0]
+    dw = jnp.transpose(dw, (0, 2, 1))
     return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
 
 
