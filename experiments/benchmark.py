@@ -3,6 +3,8 @@ r"""Training speed of lth_jax on every network of the paper, against the machine
     python experiments/benchmark.py                      # every case (~15 minutes on a 2-core CPU)
     python experiments/benchmark.py --cases=conv2,e2e    # a subset (comma-separated name prefixes)
     python experiments/benchmark.py --notorch            # without the PyTorch columns
+    python experiments/benchmark.py --cases=conv,vgg,resnet --conv=xla,canonical_vjp --notorch
+                                   # on a GPU: which convolution model.conv="auto" should pick
 
 Cases, each in a fresh process (XLA's device count and threading are fixed at start-up):
 
@@ -93,6 +95,8 @@ def child(spec: dict) -> dict:
     c = load_config(spec["config"])
     c.dataset.source = "synthetic"
     lenet = c.model.name == "lenet300_100"
+    if not lenet:
+        c.model.conv = spec.get("conv", "auto")
     c.dataset.train_size = 55_000 if lenet else 10_000
     # The train-only rows evaluate a token 8 + 8 examples (VGG-19's forward pass over a few hundred
     # would take as long as its timed training steps on a CPU).
@@ -235,6 +239,10 @@ def main():
                         help="timed calls after the compiling one (LeNet; conv rows time one)")
     parser.add_argument("--notorch", action="store_true", help="skip the PyTorch columns")
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
+    parser.add_argument("--conv", default="auto",
+                        help="comma-separated model.conv values, each conv row run with each in "
+                        "turn (auto, xla, canonical_vjp): on a GPU, `--conv=xla,canonical_vjp` "
+                        "measures what model.conv=auto should pick there")
     parser.add_argument("--slice_iterations", default="0",
                         help="comma-separated runtime.slice_iterations values, each row run with "
                         "each in turn (0 = auto, -1 = one slice per evaluation period)")
@@ -263,18 +271,21 @@ def main():
           f"{'% matmul':>8} {'compile s':>9} {'peak MB':>8} {'torch steps/s':>13} {'× torch':>7}")
     rows = []
     slicings = [int(v) for v in args.slice_iterations.split(",")]
-    for (name, config, batch, iterations, paper_eval), slices in (
-            (n, s) for n in NETWORKS for s in slicings):
-        if not selected(name):
+    convs = [v for v in args.conv.split(",") if v]
+    for (name, config, batch, iterations, paper_eval), slices, conv in (
+            (n, s, c) for n in NETWORKS for s in slicings for c in convs):
+        lenet = name.startswith("lenet")
+        if not selected(name) or (lenet and conv != convs[0]):  # LeNet has no convolution
             continue
         if len(slicings) > 1:
             name = f"{name} /{'period' if slices < 0 else slices or 'auto'}"
-        lenet = name.startswith("lenet")
+        if not lenet and convs != ["auto"]:
+            name = f"{name} [{conv}]"
         iters = args.iterations or iterations[platform != "cpu"]
         runs = args.runs if lenet else (ncpu if platform == "cpu" else 1)
         spec = dict(config=config, batch=batch, iterations=iters, runs=runs,
                     paper_eval=paper_eval, repeats=args.repeats if lenet else 1,
-                    slice_iterations=slices)
+                    slice_iterations=slices, conv=conv)
         env = dict(os.environ)
         if platform == "cpu":  # as the CLI sets it: one single-threaded device per core
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_"
@@ -285,7 +296,8 @@ def main():
             continue
         r |= {"case": name, "runs": runs, "iterations": iters, "batch": batch,
               "matmul_gflops": matmul}
-        if use_torch and "train-only" not in name and slices == slicings[0]:
+        if (use_torch and "train-only" not in name and slices == slicings[0]
+                and conv == convs[0]):
             model = load_config(config).model.name
             shape = (28, 28, 1) if lenet else (32, 32, 3)
             t = torch_row(model, batch, max(8, min(iters, 200 if lenet else 23)), ncpu, shape)

@@ -61,8 +61,9 @@ def _max_over_windows_bwd(residuals, cotangent):
     # ∂L/∂y goes to the first maximum of its window in row-major order, as XLA's
     # select_and_scatter (nn.max_pool's gradient) gives it. Written as k² element-wise selects
     # chained by "taken", it is one loop fusion; JAX's own gradient of a max shares ∂L/∂y among
-    # tied maxima and needs a count per window, a reduction that XLA:CPU ran at a fifth of the
-    # speed of the selects (Conv-2: 8.7 ms of a 202 ms step, experiments/pool_backward.py).
+    # tied maxima and needs a count per window, a reduction that XLA:CPU ran slowly: Conv-2's
+    # pool forward and backward 6.8 ms that way, 1.5 this way (experiments/pool_backward.py); the
+    # reduction alone was 8.7 ms of a 202 ms step (experiments/step_profile.py conv2).
     blocks, pooled = residuals
     window = blocks.shape[-2]
     taken = jnp.zeros(pooled.shape, dtype=bool)
