@@ -211,9 +211,11 @@ def _input_patches(x: jax.Array, kernel, strides, pads, out) -> jax.Array:
 
 
 #: Bytes of one chunk of the kernel gradient's operands (examples × output positions × the wider
-#: channel count): half of a 1 MiB L2 cache, AMD Zen 4's. Measured on Conv-2/4/6's, VGG-19's and
-#: ResNet-20's layers (experiments/conv_gradients.py): 256-512 KiB chunks ran fastest; 1 MiB and
-#: more lost up to 20% of the gain, a single example 1-5%.
+#: channel count): half of a 1 MiB L2 cache, AMD Zen 4's. On Conv-2/4/6's, VGG-19's and
+#: ResNet-20's layers (experiments/conv_gradients.py, BUILD_NOTES.md) chunks of this size ran
+#: fastest or within 2% of it; the whole batch was up to 1.8x slower on large maps (ResNet-20's
+#: 32x32x16: 22.6 ms against 12.8), one example at a time up to 6x on small ones (2x2x512: 75
+#: against 11.7).
 _CHUNK_BYTES = 512 * 1024
 
 
@@ -269,8 +271,9 @@ def _conv_bwd(strides, pads, precision, residuals, dy):
     # general-layout code (8.7 ms instead of 5.5 for a Conv-2 tap).
     if kernel[0] * kernel[1] * c_in < c_out:  # windowᵀ · dy: (C_in, C_out) a tap
         positions = spatial_out[0] * spatial_out[1]
-        # Per example, summed over the batch, where an example has at least C_out positions
-        # (1.1-2.4x faster than one contraction for the first layers measured).
+        # Per example and summed where an example has at least C_out positions, one contraction
+        # otherwise: the rule every layer had before the chunks below (per example 1.1-2.4x
+        # faster on Conv-2's and ResNet-20's layers, 10x slower at 4x4x512).
         spec = "nhwc,nhwo->nco" if positions >= c_out else "nhwc,nhwo->co"
         taps = [jnp.einsum(spec, window, dy, precision=precision)
                 for window in _windows(_padded_input(x, kernel, strides, pads, spatial_out),
@@ -288,10 +291,10 @@ def _conv_bwd(strides, pads, precision, residuals, dy):
                                                  kernel, strides, spatial_out)])
 
     # A few examples at a time (lax.scan over chunks of the batch): each chunk's window copies
-    # and dy transpose then stay in the core's cache for the matmuls that read them. Over the
-    # whole batch at once, Conv-2's 32x32x64 layer took 74.5 ms (9 × 5.5 ms of matmuls, 9 × 1.4-2.3
-    # ms of window copies, 3 ms for the transpose); two examples at a time 62 ms, and ResNet-20's
-    # 32x32x16 layer 22.0 -> 12.8 ms (experiments/conv_gradients.py).
+    # and dy transpose then stay in the core's cache for the matmuls that read them. Conv-2's
+    # 32x32x64 layer took 70.5 ms per example over the whole batch (in its step: 9 x 5.5 ms of
+    # matmuls, 9 x 1.4-2.3 ms of window copies, 3 ms for the transpose) and 61.1 ms two examples
+    # at a time; ResNet-20's 32x32x16 layer 21.5 -> 12.8 ms (experiments/conv_gradients.py).
     chunk = _examples_per_chunk(batch, spatial_out[0] * spatial_out[1] * max(c_in, c_out)
                                 * x.dtype.itemsize)
     if chunk == batch:

@@ -34,7 +34,8 @@ def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
     ``(..., H // window, W // window, C)`` of the same dtype, the values and gradient of
     ``nn.max_pool(x, (window, window), strides=(window, window))``. Pure; works under ``jit``,
     ``vmap``, ``grad`` and forward-over-reverse (``jax.jvp`` of a gradient), not under ``jax.jvp``
-    of the pool itself (a ``jax.custom_vjp``). Raises ``ValueError`` when a spatial axis is shorter than ``window``.
+    of the pool itself (a ``jax.custom_vjp``). Raises ``ValueError`` when a spatial axis is shorter
+    than ``window``.
     """
     if x.ndim < 3:
         raise ValueError(f"max_pool: expected (..., H, W, C), got shape {x.shape}")
