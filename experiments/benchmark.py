@@ -75,11 +75,8 @@ def step_flop_count(step, *args) -> float:
 
     from lth_jax.models import convolution
 
-    chunk_bytes, convolution._CHUNK_BYTES = convolution._CHUNK_BYTES, 1 << 62
-    try:
+    with convolution.kernel_gradients_in_one_piece():
         compiled = jax.jit(step).lower(*args, jnp.int32(0), jax.random.key(0)).compile()
-    finally:
-        convolution._CHUNK_BYTES = chunk_bytes
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost.get("flops", 0.0))

@@ -388,8 +388,11 @@ class Runner:
         mask = jax.eval_shape(masks_lib.ones_like, variables["params"])
         batch = jax.ShapeDtypeStruct((trainer.batch_size, *exp.input_shape), jnp.float32)
         labels = jax.ShapeDtypeStruct((trainer.batch_size,), jnp.int32)
-        cost = jax.jit(trainer.step).lower(state, mask, batch, labels, jnp.int32(0),
-                                           jax.random.key(0)).cost_analysis()
+        # In one piece: XLA counts a loop's body once, and the conv nets' kernel gradients are
+        # loops over chunks of the batch on CPUs.
+        with models.kernel_gradients_in_one_piece():
+            cost = jax.jit(trainer.step).lower(state, mask, batch, labels, jnp.int32(0),
+                                               jax.random.key(0)).cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         flops = float((cost or {}).get("flops", 0.0))
         runs = int(exp.config.trials) * len(exp.variants)

@@ -66,6 +66,7 @@ def input_gradient(request, monkeypatch):
                         lambda: request.param != "windows")
     if request.param.endswith("chunks"):
         monkeypatch.setattr(convolution, "_CHUNK_BYTES", 1)
+        monkeypatch.setattr(jax, "default_backend", lambda: "cpu")  # chunks are for CPUs
     return request.param
 
 
@@ -127,6 +128,7 @@ def test_the_input_gradient_is_a_forward_convolution_only_where_chosen(strides, 
 
 
 def test_chunks_are_the_most_examples_that_divide_the_batch_and_fit(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     kib = 1024
     assert convolution._CHUNK_BYTES == 512 * kib
     chunk = convolution._examples_per_chunk
@@ -136,24 +138,66 @@ def test_chunks_are_the_most_examples_that_divide_the_batch_and_fit(monkeypatch)
     assert chunk(7, 100 * kib) == 1     # a prime batch: one example at a time
     assert chunk(60, 600 * kib) == 1    # an example larger than a chunk
     assert chunk(64, 8 * kib) == 64     # everything fits: no scan
+    assert chunk(0, 8 * kib) == 0       # an empty batch
+    with convolution.kernel_gradients_in_one_piece():
+        assert chunk(60, 256 * kib) == 60
+    assert chunk(60, 256 * kib) == 2    # the setting ends with the block
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert chunk(60, 256 * kib) == 60   # one matmul over the batch off CPUs
 
 
-def _kernel_gradient_loops(x_shape, w_shape):
-    """How many loops the HLO of one layer's kernel gradient holds."""
+def _kernel_gradient(x_shape, w_shape):
+    """The lowered kernel gradient of one stride-1 SAME layer."""
     conv = lambda w, x: jnp.sum(convolution.canonical_conv_general_dilated(
         x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)
-    return jax.jit(jax.grad(conv)).lower(jnp.ones(w_shape), jnp.ones(x_shape)).as_text().count(
-        "stablehlo.while")
+    return jax.jit(jax.grad(conv)).lower(jnp.ones(w_shape), jnp.ones(x_shape))
 
 
-def test_the_kernel_gradient_scans_over_chunks_only_where_the_batch_does_not_fit():
+def _kernel_gradient_loops(x_shape, w_shape):
+    """How many loops the HLO of one layer's kernel gradient holds."""
+    return _kernel_gradient(x_shape, w_shape).as_text().count("stablehlo.while")
+
+
+def test_the_kernel_gradient_scans_over_chunks_only_where_the_batch_does_not_fit(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     # Conv-2's second layer: 2 examples a chunk, 30 chunks; the last stage of VGG-19: one matmul.
     assert _kernel_gradient_loops((60, 32, 32, 64), (3, 3, 64, 64)) == 1
     assert _kernel_gradient_loops((64, 2, 2, 512), (3, 3, 512, 512)) == 0
     # a first layer (9 x 3 channels against 64) takes its windows' transposes, whole
     assert _kernel_gradient_loops((60, 32, 32, 3), (3, 3, 3, 64)) == 0
+
+
+def test_in_one_piece_the_kernel_gradient_has_no_loop_and_its_whole_flop_count(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    shapes = (8, 16, 16, 32), (3, 3, 32, 32)   # 64 KiB an example: 8 chunks of 1
+    monkeypatch.setattr(convolution, "_CHUNK_BYTES", 16 * 16 * 32 * 4)
+    flops = lambda lowered: lowered.cost_analysis()["flops"]
+    chunked = _kernel_gradient(*shapes)
+    with convolution.kernel_gradients_in_one_piece():
+        whole = _kernel_gradient(*shapes)
+    assert "stablehlo.while" in chunked.as_text() and "stablehlo.while" not in whole.as_text()
+    # XLA counts the loop's body once: one example's products instead of eight (both programs
+    # also hold the forward pass and the input gradient, which are the same)
+    products = 2 * 8 * 16 * 16 * 9 * 32 * 32
+    assert abs(flops(whole) - flops(chunked) - products * 7 / 8) < 0.01 * products
+
+
+@pytest.mark.parametrize("case", ["3x3 s1 SAME nobias", "3x3 s2 SAME odd", "3x3 s2 explicit",
+                                  "3x3 s1 negative padding"])
+def test_kernel_gradient_in_chunks_of_two_equals_nn_conv(case, monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    shape, features, kernel, strides, padding, bias = CASES[case]
+    stock, ours = _layers(features, kernel, strides, padding, bias)
+    x = jax.random.normal(jax.random.key(3), (4, *shape), jnp.float32)
+    params = stock.init(jax.random.key(0), x)
+    out_positions = int(np.prod(stock.apply(params, x).shape[1:3]))
+    example = out_positions * max(shape[-1], features) * 4
+    monkeypatch.setattr(convolution, "_CHUNK_BYTES", 2 * example)  # 2 chunks of 2 examples
+    assert convolution._examples_per_chunk(4, example) == 2
+    loss = lambda layer: lambda p: jnp.sum(jnp.sin(layer.apply(p, x)))
+    want = jax.grad(loss(stock))(params)["params"]["kernel"]
+    got = jax.jit(jax.grad(loss(ours)))(params)["params"]["kernel"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_avx512_is_read_from_the_cpu_flags():

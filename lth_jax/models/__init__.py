@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from lth_jax.models.conv import ConvNet, conv2, conv4, conv6
-from lth_jax.models.convolution import Conv
+from lth_jax.models.convolution import Conv, kernel_gradients_in_one_piece
 from lth_jax.models.lenet import LeNet300100, lenet300_100
 from lth_jax.models.pooling import max_pool
 from lth_jax.models.resnet import BasicBlock, ResNet, resnet20
@@ -42,7 +42,8 @@ from lth_jax.models.vgg import VGG, vgg19
 
 __all__ = [
     "BasicBlock", "Conv", "ConvNet", "LeNet300100", "ModelSpec", "ResNet", "VGG",
-    "create", "default_options", "init", "max_pool", "names", "spec",
+    "create", "default_options", "init", "kernel_gradients_in_one_piece", "max_pool", "names",
+    "spec",
 ]
 
 

@@ -50,8 +50,9 @@ GPUs and TPUs, where XLA's gradient convolutions are not slowed by loops.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -59,7 +60,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["IMPLEMENTATIONS", "Conv", "canonical_conv_general_dilated", "conv_function", "resolve"]
+__all__ = ["IMPLEMENTATIONS", "Conv", "canonical_conv_general_dilated", "conv_function",
+           "kernel_gradients_in_one_piece", "resolve"]
 
 IMPLEMENTATIONS = ("auto", "xla", "canonical_vjp")
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -211,18 +213,35 @@ def _input_patches(x: jax.Array, kernel, strides, pads, out) -> jax.Array:
 
 
 #: Bytes of one chunk of the kernel gradient's operands (examples × output positions × the wider
-#: channel count): half of a 1 MiB L2 cache, AMD Zen 4's. On Conv-2/4/6's, VGG-19's and
-#: ResNet-20's layers (experiments/conv_gradients.py, BUILD_NOTES.md) chunks of this size ran
-#: fastest or within 2% of it; the whole batch was up to 1.8x slower on large maps (ResNet-20's
-#: 32x32x16: 22.6 ms against 12.8), one example at a time up to 6x on small ones (2x2x512: 75
-#: against 11.7).
+#: channel count; a strided layer's padded input chunk is larger): half of a 1 MiB L2 cache, AMD
+#: Zen 4's. On Conv-2/4/6's, VGG-19's and ResNet-20's layers (experiments/conv_gradients.py,
+#: BUILD_NOTES.md) chunks of this size ran fastest or within 2.2% of it; the whole batch in one
+#: contraction was up to 1.8x slower on large maps (ResNet-20's 32x32x16: 22.6 ms against 12.8),
+#: one example at a time up to 6.4x on small ones (2x2x512: 75.2 against 11.7).
 _CHUNK_BYTES = 512 * 1024
+_one_piece = False  # set by kernel_gradients_in_one_piece
+
+
+@contextlib.contextmanager
+def kernel_gradients_in_one_piece() -> Iterator[None]:
+    """Within it, :func:`canonical_conv_general_dilated` traces its kernel gradient as one
+    contraction over the whole batch instead of a scan over chunks: the same matmuls and window
+    copies without the loop. For FLOP counts: XLA's cost analysis counts a loop's body once, so a
+    program traced outside it shows only one chunk of each kernel gradient. A module-wide
+    setting, read when a program is traced (not thread-safe)."""
+    global _one_piece
+    saved, _one_piece = _one_piece, True
+    try:
+        yield
+    finally:
+        _one_piece = saved
 
 
 def _examples_per_chunk(batch: int, bytes_per_example: int) -> int:
     """The most examples that divide ``batch`` and fit ``_CHUNK_BYTES`` (at least 1); the whole
-    batch off CPUs, whose caches this is about (a GPU wants one large matmul)."""
-    if jax.default_backend() != "cpu":
+    batch off CPUs, whose caches this is about (a GPU wants one large matmul), inside
+    :func:`kernel_gradients_in_one_piece`, and for an empty batch."""
+    if jax.default_backend() != "cpu" or _one_piece or batch < 1:
         return batch
     most = max(1, _CHUNK_BYTES // bytes_per_example)
     return max(d for d in range(1, min(batch, most) + 1) if batch % d == 0)
@@ -281,20 +300,24 @@ def _conv_bwd(strides, pads, precision, residuals, dy):
         dw = jnp.stack([jnp.sum(t, axis=0) for t in taps] if positions >= c_out else taps)
         return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
 
+    accumulator = jnp.promote_types(x.dtype, jnp.float32)
+
     def kernel_gradient(x_part: jax.Array, dy_part: jax.Array) -> jax.Array:
         """(k_h·k_w, C_out, C_in): the taps over the examples of ``x_part`` and ``dy_part``."""
         rows = x_part.shape[0] * spatial_out[0] * spatial_out[1]
         dy_t = lax.optimization_barrier(dy_part.reshape(rows, c_out).T)
-        return jnp.stack([jnp.matmul(dy_t, window.reshape(rows, c_in), precision=precision)
+        return jnp.stack([jnp.matmul(dy_t, window.reshape(rows, c_in), precision=precision,
+                                     preferred_element_type=accumulator)
                           for window in _windows(_padded_input(x_part, kernel, strides, pads,
                                                                spatial_out),
                                                  kernel, strides, spatial_out)])
 
     # A few examples at a time (lax.scan over chunks of the batch): each chunk's window copies
     # and dy transpose then stay in the core's cache for the matmuls that read them. Conv-2's
-    # 32x32x64 layer took 70.5 ms per example over the whole batch (in its step: 9 x 5.5 ms of
-    # matmuls, 9 x 1.4-2.3 ms of window copies, 3 ms for the transpose) and 61.1 ms two examples
-    # at a time; ResNet-20's 32x32x16 layer 21.5 -> 12.8 ms (experiments/conv_gradients.py).
+    # 32x32x64 layer took 70.5 ms in the form used before, per-example products over the whole
+    # batch (in its step: 9 x 5.5 ms of matmuls, 9 x 1.4-2.3 ms of window copies, 3 ms for the
+    # transpose), and 61.1 ms two examples at a time; ResNet-20's 32x32x16 layer 21.5 -> 12.8 ms
+    # (experiments/conv_gradients.py). Sums accumulate in at least float32 either way.
     chunk = _examples_per_chunk(batch, spatial_out[0] * spatial_out[1] * max(c_in, c_out)
                                 * x.dtype.itemsize)
     if chunk == batch:
@@ -302,8 +325,7 @@ def _conv_bwd(strides, pads, precision, residuals, dy):
     else:
         split = lambda a: a.reshape(batch // chunk, chunk, *a.shape[1:])
         accumulate = lambda total, part: (total + kernel_gradient(*part), None)
-        total = jnp.zeros((kernel[0] * kernel[1], c_out, c_in),
-                          jnp.promote_types(x.dtype, jnp.float32))
+        total = jnp.zeros((kernel[0] * kernel[1], c_out, c_in), accumulator)
         dw = lax.scan(accumulate, total, (split(x), split(dy)))[0]
     dw = jnp.transpose(dw, (0, 2, 1))
     return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
