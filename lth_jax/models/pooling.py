@@ -2,12 +2,13 @@
 
 Why: ``flax.linen.max_pool`` is a ``reduce_window``, whose gradient XLA lowers to a
 ``select_and_scatter``, which XLA:CPU runs slowly: Conv-2's pool (60 × 32×32×64 inputs), forward
-and backward inside a scan, takes 40 ms on one core, a fifth of the whole training step. The
+and backward inside a scan, took 40–46 ms on one core in 2026-12-04/05's calls, a fifth of the
+whole training step then. The
 networks here only pool with non-overlapping windows (stride = window), and such a pool is a
 reshape and a ``max`` over two axes, whose gradient (a ``jax.custom_vjp``) is element-wise: each
 window's ``∂L/∂y`` goes to the first of its maxima in row-major order, chosen by k² chained
 compares and selects that XLA fuses into one loop. Forward + backward for Conv-2's pool: 1.5 ms
-against ``nn.max_pool``'s 46 (``experiments/pool_backward.py``; BUILD_NOTES.md).
+against ``nn.max_pool``'s 46 in the same call (``experiments/pool_backward.py``; BUILD_NOTES.md).
 
 For ``x`` of shape ``(..., H, W, C)`` and window ``k``, with ``H' = ⌊H/k⌋``, ``W' = ⌊W/k⌋``::
 
