@@ -11,7 +11,7 @@ import pytest
 from jax import lax
 
 from lth_jax import config as config_lib
-from lth_jax import data, models, pruning
+from lth_jax import data, masks, models, pruning
 from lth_jax.models import convolution
 
 # (input HWC, features, kernel, strides, padding, bias): every kind of convolution the networks use,
@@ -180,6 +180,31 @@ def test_in_one_piece_the_kernel_gradient_has_no_loop_and_its_whole_flop_count(m
     # also hold the forward pass and the input gradient, which are the same)
     products = 2 * 8 * 16 * 16 * 9 * 32 * 32
     assert abs(flops(whole) - flops(chunked) - products * 7 / 8) < 0.01 * products
+
+
+@pytest.mark.parametrize("data_parallel", [False, True])
+def test_data_parallel_programs_take_each_kernel_gradient_in_one_piece(data_parallel, monkeypatch):
+    # In chunks, the kernel gradient would loop over an axis that GSPMD splits over the devices.
+    from lth_jax import lottery
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    seen = []
+    chunks = convolution._examples_per_chunk
+    monkeypatch.setattr(convolution, "_examples_per_chunk",
+                        lambda *a: seen.append(convolution._one_piece) or chunks(*a))
+    c = config_lib.conv_config("conv2", dropout=False)
+    c.dataset.source = "synthetic"
+    c.dataset.image_shape = (8, 8, 3)
+    c.dataset.train_size, c.dataset.validation_size, c.dataset.test_size = 40, 8, 8
+    c.train.iterations = c.train.eval_every = 2
+    c.train.batch_size, c.train.eval_batch_size = 4, 8
+    exp = lottery.setup(c)
+    runner = lottery.Runner(exp, 1, "map", data_parallel=data_parallel, slice_iterations=2)
+    key = jnp.stack([lottery.trial_key(0, 0, lottery.INIT)])
+    v = jax.jit(jax.vmap(exp.init_variables))(key)
+    runner(v["params"], v["batch_stats"], jax.vmap(masks.ones_like)(v["params"]), key, key,
+           start=0, capture=-1)
+    assert seen and all(one_piece == data_parallel for one_piece in seen)
+    assert not convolution._one_piece  # the setting ends with the compilation
 
 
 @pytest.mark.parametrize("case", ["3x3 s1 SAME nobias", "3x3 s2 SAME odd", "3x3 s2 explicit",
