@@ -250,7 +250,7 @@ def _examples_per_chunk(batch: int, bytes_per_example: int) -> int:
 def _conv_bwd(strides, pads, precision, residuals, dy):
     x, w = residuals
     spatial_in, kernel, spatial_out = x.shape[1:3], w.shape[:2], dy.shape[1:3]
-    batch, (c_in, c_out) = x.shape[0], w.shape[2:]
+    c_in, c_out = w.shape[2:]
     # Length of dy once dilated by the strides: (H_out - 1)·s + 1 per spatial axis.
     dilated = [(o - 1) * s + 1 for o, s in zip(spatial_out, strides)]
 
@@ -278,7 +278,16 @@ def _conv_bwd(strides, pads, precision, residuals, dy):
                                              w_flipped.reshape(-1, c_out, c_in))]
         dx = sum(products[1:], products[0])
 
-    # Kernel gradient: tap (i, j) is Σ over batch and output positions of dyᵀ · (input window),
+    dw = _kernel_gradient(x, dy, kernel, strides, pads, precision)
+    return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
+
+
+def _kernel_gradient(x, dy, kernel, strides, pads, precision) -> jax.Array:
+    """``(k_h·k_w, C_in, C_out)``: the kernel gradient's taps, HWIO order, for input ``x``
+    ``(N, H, W, C_in)`` and output gradient ``dy`` ``(N, H_out, W_out, C_out)``."""
+    batch, c_in = x.shape[0], x.shape[-1]
+    spatial_out, c_out = dy.shape[1:3], dy.shape[-1]
+    # Tap (i, j) is Σ over batch and output positions of dyᵀ · (input window),
     # a (C_out, C_in) matmul, transposed at the end. XLA:CPU's fast matmul (YNNPACK) wants the
     # contracted axis minor in its left operand and major in its right one. An NHWC window
     # (positions, C_in) is a right operand as it is; dy becomes a left one by one transpose to
@@ -297,8 +306,7 @@ def _conv_bwd(strides, pads, precision, residuals, dy):
         taps = [jnp.einsum(spec, window, dy, precision=precision)
                 for window in _windows(_padded_input(x, kernel, strides, pads, spatial_out),
                                        kernel, strides, spatial_out)]
-        dw = jnp.stack([jnp.sum(t, axis=0) for t in taps] if positions >= c_out else taps)
-        return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
+        return jnp.stack([jnp.sum(t, axis=0) for t in taps] if positions >= c_out else taps)
 
     accumulator = jnp.promote_types(x.dtype, jnp.float32)
 
@@ -327,8 +335,7 @@ def _conv_bwd(strides, pads, precision, residuals, dy):
         accumulate = lambda total, part: (total + kernel_gradient(*part), None)
         total = jnp.zeros((kernel[0] * kernel[1], c_out, c_in), accumulator)
         dw = lax.scan(accumulate, total, (split(x), split(dy)))[0]
-    dw = jnp.transpose(dw, (0, 2, 1))
-    return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
+    return jnp.transpose(dw, (0, 2, 1))
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
