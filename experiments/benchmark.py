@@ -3,7 +3,7 @@ r"""Training speed of lth_jax on every network of the paper, against the machine
     python experiments/benchmark.py                      # every case (~15 minutes on a 2-core CPU)
     python experiments/benchmark.py --cases=conv2,e2e    # a subset (comma-separated name prefixes)
     python experiments/benchmark.py --notorch            # without the PyTorch columns
-    python experiments/benchmark.py --cases=conv,vgg,resnet --conv=xla,canonical_vjp --notorch
+    python experiments/benchmark.py --cases=conv,vgg,resnet --conv=xla,canonical_vjp,winograd --notorch
                                    # on a GPU: which convolution model.conv="auto" should pick
 
 Cases, each in a fresh process (XLA's device count and threading are fixed at start-up):
@@ -26,7 +26,13 @@ Columns:
   kernel gradient in one piece: ``step_flop_count``) · model-steps/s; the JSON also has the count
   of the same step with XLA's own convolutions (``stock_conv_step_gflop``);
   "% matmul": that against a 2048×2048 float32 matmul measured in its own process with all cores
-  (the dense-linear-algebra rate this machine reaches, the natural ceiling for training);
+  (the dense-linear-algebra rate this machine reaches, the natural ceiling for training of
+  direct convolutions);
+* direct %: the same with the FLOPs of the step with XLA's own (direct) convolutions
+  (``stock_conv_step_gflop``, the convention for "effective" rates of fast convolution
+  algorithms): where Winograd's F(2x2, 3x3) computes a layer (``model.conv=winograd``, "auto" on
+  CPUs) the step does ~2.25x fewer multiplies in it, so its own count (GFLOP/s, % matmul) drops
+  while the rate of the work a direct convolution would have done can pass 100%;
 * compile s: first call minus second; peak MB: the process's peak RSS (device peak on GPUs);
 * torch steps/s: PyTorch eager, the same network, batch and masked step, with as many threads as
   cores (``experiments/torch_reference.py``); "× torch": lth_jax's model-steps/s over it.
@@ -66,7 +72,7 @@ def load_config(filename: str):
 
 
 def step_flop_count(step, *args) -> float:
-    """XLA's count of the FLOPs of ``step(*args, 0, key)``, with the canonical-VJP kernel
+    """XLA's count of the FLOPs of ``step(*args, 0, key)``, with lth_jax's convolutions
     gradient in one piece: XLA counts a loop's body once, and that gradient is a loop over chunks
     of the batch on CPUs (``lth_jax.models.convolution``); in one piece it does the same matmuls
     and window copies."""
@@ -75,7 +81,7 @@ def step_flop_count(step, *args) -> float:
 
     from lth_jax.models import convolution
 
-    with convolution.kernel_gradients_in_one_piece():
+    with convolution.convolutions_in_one_piece():
         compiled = jax.jit(step).lower(*args, jnp.int32(0), jax.random.key(0)).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -149,6 +155,7 @@ def child(spec: dict) -> dict:
         "model_steps_per_s": steps_per_s, "examples_per_s": steps_per_s * spec["batch"],
         "step_gflop": step_flops / 1e9, "achieved_gflops": steps_per_s * step_flops / 1e9,
         "stock_conv_step_gflop": stock_flops,
+        "direct_equivalent_gflops": steps_per_s * (stock_flops or step_flops / 1e9),
         "compile_s": max(first - second, 0.0), "seconds": second,
         "host_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device_peak_mb": peak / 2 ** 20 if peak else None,
@@ -238,7 +245,8 @@ def main():
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
     parser.add_argument("--conv", default="auto",
                         help="comma-separated model.conv values, each conv row run with each in "
-                        "turn (auto, xla, canonical_vjp): on a GPU, `--conv=xla,canonical_vjp` "
+                        "turn (auto, xla, canonical_vjp, winograd): on a GPU, "
+                        "`--conv=xla,canonical_vjp,winograd` "
                         "measures what model.conv=auto should pick there")
     parser.add_argument("--slice_iterations", default="0",
                         help="comma-separated runtime.slice_iterations values, each row run with "
@@ -265,7 +273,7 @@ def main():
     matmul = matmul["matmul_gflops"] if matmul else float("nan")
     print(f"platform {platform}, {ncpu} cores; 2048x2048 float32 matmul: {matmul:.1f} GFLOP/s")
     print(f"{'case':<26} {'runs':>4} {'iters':>5} {'model-steps/s':>13} {'GFLOP/s':>8} "
-          f"{'% matmul':>8} {'compile s':>9} {'peak MB':>8} {'torch steps/s':>13} {'× torch':>7}")
+          f"{'% matmul':>8} {'direct %':>8} {'compile s':>9} {'peak MB':>8} {'torch steps/s':>13} {'× torch':>7}")
     rows = []
     slicings = [int(v) for v in args.slice_iterations.split(",")]
     convs = [v for v in args.conv.split(",") if v]
@@ -306,6 +314,7 @@ def main():
         torch_text = f"{torch_rate:>13.2f}" if torch_rate else f"{'-':>13}"
         print(f"{name:<26} {runs:>4} {iters:>5} {r['model_steps_per_s']:>13.2f} "
               f"{r['achieved_gflops']:>8.1f} {100 * r['achieved_gflops'] / matmul:>7.0f}% "
+              f"{100 * r['direct_equivalent_gflops'] / matmul:>7.0f}% "
               f"{r['compile_s']:>9.1f} {peak:>8.0f} {torch_text} {versus}", flush=True)
     if selected("e2e"):
         e = end_to_end(ncpu, use_torch)

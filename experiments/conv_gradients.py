@@ -91,7 +91,7 @@ def main() -> None:
             print(f"   {name:24s} {ms:7.1f} ms ({flops / ms / 1e6:5.0f})", flush=True)
         # lth_jax's kernel gradient (dy^T · windows over chunks of the batch, a scan) at its own
         # chunk size and at others (the module's _CHUNK_BYTES, read when the program is traced).
-        lth_jax_dw = lambda x, dy: convolution._conv_bwd((1, 1), ((1, 1), (1, 1)), None,
+        lth_jax_dw = lambda x, dy: convolution._conv_bwd((1, 1), ((1, 1), (1, 1)), None, False,
                                                          (x, w), dy)[1]
         example = size * size * max(c_in, c_out) * 4
         default = convolution._CHUNK_BYTES

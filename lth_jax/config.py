@@ -4,7 +4,7 @@ Every ``configs/*.py`` starts from ``base_config()`` and sets the paper's values
 
 * ``seed``, ``trials``
 * ``model``: ``name`` (see ``lth_jax.models.names()``), ``dropout_rate``, ``conv`` (auto | xla |
-  canonical_vjp: the convolution implementation)
+  canonical_vjp | winograd: the convolution implementation)
 * ``dataset``: ``name``, ``source`` (tfds | files | synthetic), ``path``, ``data_dir``,
   ``validation_size``, ``augment`` (auto | on | off) and, for synthetic data, ``image_shape`` (() =
   the shape of ``name``), ``num_classes``, ``train_size``, ``test_size``; optional, not in
@@ -46,7 +46,7 @@ STRATEGIES = ("paper", "layerwise", "global", "neuron", "global_neuron")
 SOURCES = ("tfds", "files", "synthetic")
 AUGMENT = ("auto", "on", "off")
 MATMUL_PRECISIONS = ("auto", "default", "high", "highest")
-CONVOLUTIONS = ("auto", "xla", "canonical_vjp")  # = lth_jax.models.convolution.IMPLEMENTATIONS
+CONVOLUTIONS = ("auto", "xla", "canonical_vjp", "winograd")  # = lth_jax.models.convolution.IMPLEMENTATIONS
 
 
 class ConfigError(ValueError):
@@ -62,8 +62,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "lenet300_100"
     c.model.dropout_rate = 0.0
-    # Convolution implementation (conv nets): "auto" = "canonical_vjp" on CPU (gradients as canonical
-    # convolutions, fast inside XLA:CPU loops), "xla" on GPU/TPU. See lth_jax.models.convolution.
+    # Convolution implementation (conv nets): "auto" = "winograd" on CPU (gradients as canonical
+    # convolutions, fast inside XLA:CPU loops, and Winograd's F(2x2, 3x3) for the wide stride-1 3x3
+    # layers), "xla" on GPU/TPU. See lth_jax.models.convolution.
     c.model.conv = "auto"
 
     c.dataset = ml_collections.ConfigDict()

@@ -389,9 +389,9 @@ class Runner:
         mask = jax.eval_shape(masks_lib.ones_like, variables["params"])
         batch = jax.ShapeDtypeStruct((trainer.batch_size, *exp.input_shape), jnp.float32)
         labels = jax.ShapeDtypeStruct((trainer.batch_size,), jnp.int32)
-        # In one piece: XLA counts a loop's body once, and the conv nets' kernel gradients are
-        # loops over chunks of the batch on CPUs.
-        with models.kernel_gradients_in_one_piece():
+        # In one piece: XLA counts a loop's body once, and the conv nets' kernel gradients and
+        # Winograd products are loops over chunks of the batch on CPUs.
+        with models.convolutions_in_one_piece():
             cost = jax.jit(trainer.step).lower(state, mask, batch, labels, jnp.int32(0),
                                                jax.random.key(0)).cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -479,10 +479,10 @@ class Runner:
         data = self._device_data(program.mesh)
         args = (data, state, mask, data_key, noise_key, np.int32(0), np.int32(1))
         if key not in self._compiled:
-            # Data parallel: every kernel gradient over the whole batch at once. In chunks it is a
+            # Data parallel: every convolution over the whole batch at once. In chunks it is a
             # loop over an axis GSPMD splits over the devices (Conv-2 on 2 CPU devices: 5.7
             # against 6.8 steps/s, BUILD_NOTES.md "The kernel gradient a few examples at a time").
-            with (models.kernel_gradients_in_one_piece() if self.data_parallel
+            with (models.convolutions_in_one_piece() if self.data_parallel
                   else contextlib.nullcontext()):
                 self._compiled[key] = program.chunk.lower(*args).compile()
         self._check_compiled_memory(self._compiled[key], devices)

@@ -172,8 +172,9 @@ CONFIG_HELP: dict[str, str] = {
     "trials": "independent repetitions, each with its own θ₀ and data order",
     "model.name": "network: lenet300_100, conv2, conv4, conv6, vgg19, resnet20 (= resnet18)",
     "model.dropout_rate": "dropout after each hidden FC layer (Conv-2/4/6 only; paper: 0.5)",
-    "model.conv": "convolution implementation: auto (canonical_vjp on CPU, xla on GPU/TPU) | xla "
-                  "| canonical_vjp",
+    "model.conv": "convolution implementation: auto (winograd on CPU, xla on GPU/TPU) | xla "
+                  "| canonical_vjp | winograd (canonical_vjp + Winograd F(2x2,3x3) on wide 3x3 "
+                  "stride-1 layers)",
     "dataset.name": "mnist | fashion_mnist | cifar10 (any name with source=synthetic)",
     "dataset.source": "tfds (a prepared TFDS dataset) | files (IDX or CIFAR-10 python batches) "
                       "| synthetic (made-up data, no files)",

@@ -52,20 +52,28 @@ CASES = {
 }
 
 
-def _layers(features, kernel, strides, padding, bias):
+def _layers(features, kernel, strides, padding, bias, conv="canonical_vjp"):
     kw = dict(features=features, kernel_size=kernel, strides=strides, padding=padding,
               use_bias=bias)
-    return nn.Conv(**kw), convolution.Conv(**kw)
+    return nn.Conv(**kw), convolution.Conv(**kw, conv_general_dilated=convolution.conv_function(
+        conv))
 
 
-@pytest.fixture(params=["convolution", "windows", "convolution, kernel gradient in chunks"])
+@pytest.fixture(params=["convolution", "windows", "convolution, kernel gradient in chunks",
+                        "winograd", "winograd in chunks"])
 def input_gradient(request, monkeypatch):
     """Each way of computing the input gradient, whatever this machine's CPU would pick; the
-    third also computes the kernel gradient one example at a time (a scan over the batch)."""
+    third also computes the kernel gradient one example at a time (a scan over the batch). The
+    "winograd" ones use ``model.conv="winograd"`` with Winograd's F(2x2, 3x3) on every stride-1
+    3x3 layer, however narrow (the test layers are; the networks' threshold is 64 channels), the
+    second one example at a time."""
     monkeypatch.setattr(convolution, "_forward_convolution_is_fast",
                         lambda: request.param != "windows")
+    if request.param.startswith("winograd"):
+        monkeypatch.setattr(convolution, "_WINOGRAD_MIN_CHANNELS", 1)
     if request.param.endswith("chunks"):
         monkeypatch.setattr(convolution, "_CHUNK_BYTES", 1)
+        monkeypatch.setattr(convolution, "_WINOGRAD_ROWS", 1)
         monkeypatch.setattr(jax, "default_backend", lambda: "cpu")  # chunks are for CPUs
     return request.param
 
@@ -73,7 +81,8 @@ def input_gradient(request, monkeypatch):
 @pytest.mark.parametrize("case", list(CASES))
 def test_values_and_gradients_equal_nn_conv(case, input_gradient):
     shape, features, kernel, strides, padding, bias = CASES[case]
-    stock, ours = _layers(features, kernel, strides, padding, bias)
+    conv = "winograd" if input_gradient.startswith("winograd") else "canonical_vjp"
+    stock, ours = _layers(features, kernel, strides, padding, bias, conv)
     x = jax.random.normal(jax.random.key(1), (3, *shape), jnp.float32)
     params = stock.init(jax.random.key(0), x)
     # The same parameter tree (names, shapes): a drop-in for nn.Conv.
@@ -139,7 +148,7 @@ def test_chunks_are_the_most_examples_that_divide_the_batch_and_fit(monkeypatch)
     assert chunk(60, 600 * kib) == 1    # an example larger than a chunk
     assert chunk(64, 8 * kib) == 64     # everything fits: no scan
     assert chunk(0, 8 * kib) == 0       # an empty batch
-    with convolution.kernel_gradients_in_one_piece():
+    with convolution.convolutions_in_one_piece():
         assert chunk(60, 256 * kib) == 60
     assert chunk(60, 256 * kib) == 2    # the setting ends with the block
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
@@ -173,7 +182,7 @@ def test_in_one_piece_the_kernel_gradient_has_no_loop_and_its_whole_flop_count(m
     monkeypatch.setattr(convolution, "_CHUNK_BYTES", 16 * 16 * 32 * 4)
     flops = lambda lowered: lowered.cost_analysis()["flops"]
     chunked = _kernel_gradient(*shapes)
-    with convolution.kernel_gradients_in_one_piece():
+    with convolution.convolutions_in_one_piece():
         whole = _kernel_gradient(*shapes)
     assert "stablehlo.while" in chunked.as_text() and "stablehlo.while" not in whole.as_text()
     # XLA counts the loop's body once: one example's products instead of eight (both programs
@@ -183,14 +192,11 @@ def test_in_one_piece_the_kernel_gradient_has_no_loop_and_its_whole_flop_count(m
 
 
 @pytest.mark.parametrize("data_parallel", [False, True])
-def test_data_parallel_programs_take_each_kernel_gradient_in_one_piece(data_parallel, monkeypatch):
-    # In chunks, the kernel gradient would loop over an axis that GSPMD splits over the devices.
+def test_data_parallel_programs_take_each_convolution_in_one_piece(data_parallel, monkeypatch):
+    # In chunks, the kernel gradient and the Winograd products would loop over an axis that GSPMD
+    # splits over the devices.
     from lth_jax import lottery
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
-    seen = []
-    chunks = convolution._examples_per_chunk
-    monkeypatch.setattr(convolution, "_examples_per_chunk",
-                        lambda *a: seen.append(convolution._one_piece) or chunks(*a))
     c = config_lib.conv_config("conv2", dropout=False)
     c.dataset.source = "synthetic"
     c.dataset.image_shape = (8, 8, 3)
@@ -201,6 +207,11 @@ def test_data_parallel_programs_take_each_kernel_gradient_in_one_piece(data_para
     runner = lottery.Runner(exp, 1, "map", data_parallel=data_parallel, slice_iterations=2)
     key = jnp.stack([lottery.trial_key(0, 0, lottery.INIT)])
     v = jax.jit(jax.vmap(exp.init_variables))(key)
+    # From here on: what the runner traces (the initialisation's forward pass is not its program).
+    seen = []
+    whole_batch = convolution._whole_batch  # decides for the kernel gradients and Winograd's
+    monkeypatch.setattr(convolution, "_whole_batch",
+                        lambda *a: seen.append(convolution._one_piece) or whole_batch(*a))
     runner(v["params"], v["batch_stats"], jax.vmap(masks.ones_like)(v["params"]), key, key,
            start=0, capture=-1)
     assert seen and all(one_piece == data_parallel for one_piece in seen)
@@ -280,7 +291,7 @@ def _conv_labels(model, input_shape, batch=4):
 ])
 def test_every_convolution_in_a_training_loop_is_canonical(name, build):
     # The regression this guards: XLA:CPU runs non-canonical convolutions inside loops ~85x slower.
-    labels = _conv_labels(build("auto"), (8, 8, 3))  # "auto" is canonical_vjp on a CPU
+    labels = _conv_labels(build("auto"), (8, 8, 3))  # "auto" is winograd on a CPU
     assert labels and set(labels) == {"b01f_01io->b01f"}, labels
 
 
@@ -291,12 +302,14 @@ def test_the_stock_gradient_in_a_loop_is_not_canonical():
 
 
 def test_resolve_picks_by_platform_and_refuses_unknown_names():
-    assert convolution.resolve("auto", "cpu") == "canonical_vjp"
+    assert convolution.resolve("auto", "cpu") == "winograd"
     assert convolution.resolve("auto", "gpu") == "xla"
     assert convolution.resolve("auto", "tpu") == "xla"
     assert convolution.resolve("xla", "cpu") == "xla"
     assert convolution.resolve("canonical_vjp", "gpu") == "canonical_vjp"
-    assert convolution.conv_function("auto", "cpu") is convolution.canonical_conv_general_dilated
+    assert convolution.resolve("winograd", "gpu") == "winograd"
+    assert convolution.conv_function("auto", "cpu") is convolution.winograd_conv_general_dilated
+    assert convolution.conv_function("canonical_vjp") is convolution.canonical_conv_general_dilated
     assert convolution.conv_function("auto", "gpu") is lax.conv_general_dilated
     with pytest.raises(ValueError, match="cudnn"):
         convolution.resolve("cudnn")
@@ -306,13 +319,13 @@ def test_resolve_picks_by_platform_and_refuses_unknown_names():
 @pytest.mark.parametrize("name", ["conv2", "vgg19", "resnet20"])
 def test_implementations_share_params_and_pruning(name):
     shapes = {}
-    for conv in ("xla", "canonical_vjp"):
+    for conv in ("xla", "canonical_vjp", "winograd"):
         model = models.create(name, conv=conv)
         params = jax.eval_shape(lambda k: models.init(model, k, (32, 32, 3)),
                                 jax.random.key(0))["params"]
         rates = pruning.rates_by_rule(params, models.spec(name).rules)
         shapes[conv] = (jax.tree.map(lambda p: p.shape, params), rates, pruning.prunable(params))
-    assert shapes["xla"] == shapes["canonical_vjp"]
+    assert shapes["xla"] == shapes["canonical_vjp"] == shapes["winograd"]
 
 
 def test_same_logits_and_gradients_for_a_whole_network():
@@ -328,6 +341,23 @@ def test_same_logits_and_gradients_for_a_whole_network():
     want, got = (jax.jit(jax.grad(loss(m)))(variables["params"]) for m in (stock, ours))
     for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
         np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-4)
+
+
+def test_winograd_gives_a_whole_network_the_same_logits_and_gradients():
+    # Conv-4's widths (64, 128): three of its four layers are Winograd's (the first has 3 inputs).
+    x = jax.random.normal(jax.random.key(3), (4, 8, 8, 3))
+    stock, ours = (models.create("conv4", conv=c) for c in ("xla", "winograd"))
+    variables = models.init(stock, jax.random.key(0), (8, 8, 3))
+
+    def loss(model):
+        return lambda p: jnp.sum(model.apply({"params": p}, x, train=False) ** 2)
+
+    logits = [jax.jit(lambda v: m.apply(v, x, train=False))(variables) for m in (ours, stock)]
+    np.testing.assert_allclose(*logits, rtol=1e-4, atol=1e-5)
+    want, got = (jax.jit(jax.grad(loss(m)))(variables["params"]) for m in (stock, ours))
+    for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        scale = float(jnp.max(jnp.abs(w)))
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * scale)
 
 
 def test_model_conv_field_is_validated():

@@ -8,10 +8,12 @@ in evaluation no collection is mutable. Dropout (Conv-2/4/6 with ``dropout_rate 
 the RNG stream ``'dropout'`` and only when ``train=True``. All of this works under ``jax.jit`` and under
 ``jax.vmap`` over a leading trial axis of the variables.
 
-The conv networks take ``conv = "auto" | "xla" | "canonical_vjp"``: which convolution they use.
-"canonical_vjp" (:mod:`lth_jax.models.convolution`) computes the same values and gradients as
-``nn.Conv`` with a backward pass that XLA:CPU runs fast inside loops; "auto" picks it on CPUs and
-XLA's own convolution on GPUs/TPUs. The choice changes no parameter name or shape. Their 2x2
+The conv networks take ``conv = "auto" | "xla" | "canonical_vjp" | "winograd"``: which convolution
+they use. "canonical_vjp" (:mod:`lth_jax.models.convolution`) computes the same values and gradients
+as ``nn.Conv`` with a backward pass that XLA:CPU runs fast inside loops; "winograd" is that with
+Winograd's F(2x2, 3x3) (:mod:`lth_jax.models.winograd`) for the output and input gradient of the
+stride-1 3x3 layers at least 64 channels wide (the same values up to float32 rounding); "auto"
+picks "winograd" on CPUs and XLA's own convolution on GPUs/TPUs. The choice changes no parameter name or shape. Their 2x2
 max-pools are :func:`max_pool` (:mod:`lth_jax.models.pooling`): ``nn.max_pool``'s values with a
 gradient that avoids XLA:CPU's slow ``select_and_scatter``.
 
@@ -34,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from lth_jax.models.conv import ConvNet, conv2, conv4, conv6
-from lth_jax.models.convolution import Conv, kernel_gradients_in_one_piece
+from lth_jax.models.convolution import Conv, convolutions_in_one_piece
 from lth_jax.models.lenet import LeNet300100, lenet300_100
 from lth_jax.models.pooling import max_pool
 from lth_jax.models.resnet import BasicBlock, ResNet, resnet20
@@ -42,7 +44,7 @@ from lth_jax.models.vgg import VGG, vgg19
 
 __all__ = [
     "BasicBlock", "Conv", "ConvNet", "LeNet300100", "ModelSpec", "ResNet", "VGG",
-    "create", "default_options", "init", "kernel_gradients_in_one_piece", "max_pool", "names",
+    "create", "default_options", "init", "convolutions_in_one_piece", "max_pool", "names",
     "spec",
 ]
 

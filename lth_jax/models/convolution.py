@@ -43,9 +43,21 @@ dilation into it (an input-dilated convolution, which XLA:CPU runs in Eigen rath
 ResNet-20's downsampling layers still ~4x faster than the windows). Only ResNet-20's two
 downsampling blocks (and their 1×1 shortcuts) have strides.
 
-The implementation is chosen per model with ``conv = "auto" | "xla" | "canonical_vjp"`` (see
-:func:`resolve`): "auto" is "canonical_vjp" on CPUs and "xla" (cuDNN's own kernels, no custom VJP) on
-GPUs and TPUs, where XLA's gradient convolutions are not slowed by loops.
+With ``use_winograd`` (:func:`winograd_conv_general_dilated`, ``conv="winograd"``), the stride-1
+3x3 layers at least ``_WINOGRAD_MIN_CHANNELS`` (64) channels wide compute all three products by
+Winograd's F(2x2, 3x3) (:mod:`lth_jax.models.winograd`, 2.25x fewer multiplies): the forward pass
+``winograd.conv3x3(x, w)``, the input gradient ``winograd.conv3x3(dy, flip(w)ᵀ)`` (the same
+correlation as above, padded by ``(k-1-p_lo, ...)``), and the kernel gradient
+``winograd.kernel_gradient3x3(x, dy)`` (except on maps smaller than the kernel, where the windows
+above are faster), each over chunks of about ``_WINOGRAD_ROWS`` tiles. On Conv-2's 32x32x64 layer
+(one core, in a scan) that is 47.5 -> 30 ms for the forward pass and for the input gradient, 58 ->
+44 for the kernel gradient; Conv-2/4/6 train 1.3-1.5x faster (experiments/winograd_layers.py,
+experiments/benchmark.py, BUILD_NOTES.md). The values differ from the direct ones by float32
+rounding only (tested against ``nn.Conv``).
+
+The implementation is chosen per model with ``conv = "auto" | "xla" | "canonical_vjp" |
+"winograd"`` (see :func:`resolve`): "auto" is "winograd" on CPUs and "xla" (cuDNN's own kernels,
+no custom VJP) on GPUs and TPUs, where XLA's gradient convolutions are not slowed by loops.
 """
 
 from __future__ import annotations
@@ -60,33 +72,37 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["IMPLEMENTATIONS", "Conv", "canonical_conv_general_dilated", "conv_function",
-           "kernel_gradients_in_one_piece", "resolve"]
+from lth_jax.models import winograd
 
-IMPLEMENTATIONS = ("auto", "xla", "canonical_vjp")
+__all__ = ["IMPLEMENTATIONS", "Conv", "canonical_conv_general_dilated", "conv_function",
+           "convolutions_in_one_piece", "resolve", "winograd_conv_general_dilated"]
+
+IMPLEMENTATIONS = ("auto", "xla", "canonical_vjp", "winograd")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def resolve(conv: str, platform: str | None = None) -> str:
     """The concrete implementation for ``conv`` on ``platform`` (default: JAX's default backend).
 
-    ``"auto"`` is ``"canonical_vjp"`` on ``"cpu"`` and ``"xla"`` elsewhere: measured on XLA:CPU the
-    canonical VJP is ~85× faster inside a scan (BUILD_NOTES.md); on GPU/TPU XLA's own convolutions
-    go to cuDNN / the TPU's convolution units in any layout, and a custom VJP could only hide the
-    pattern from XLA's fusions. Raises ``ValueError`` for an unknown name.
+    ``"auto"`` is ``"winograd"`` on ``"cpu"`` and ``"xla"`` elsewhere: measured on XLA:CPU the
+    canonical VJP is ~85× faster inside a scan than XLA's gradient convolutions, and Winograd's
+    F(2x2, 3x3) on the wide stride-1 layers makes Conv-2's step ~1.3x shorter again
+    (BUILD_NOTES.md); on GPU/TPU XLA's own convolutions go to cuDNN / the TPU's convolution units
+    in any layout (cuDNN picks Winograd itself where it pays), and a custom VJP could only hide
+    the pattern from XLA's fusions. Raises ``ValueError`` for an unknown name.
     """
     if conv not in IMPLEMENTATIONS:
         raise ValueError(f"unknown convolution {conv!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
     if conv != "auto":
         return conv
     platform = platform or jax.default_backend()
-    return "canonical_vjp" if platform == "cpu" else "xla"
+    return "winograd" if platform == "cpu" else "xla"
 
 
 def conv_function(conv: str, platform: str | None = None) -> Callable[..., jax.Array]:
     """The ``conv_general_dilated`` function for ``nn.Conv(conv_general_dilated=...)``."""
-    return (canonical_conv_general_dilated if resolve(conv, platform) == "canonical_vjp"
-            else lax.conv_general_dilated)
+    return {"canonical_vjp": canonical_conv_general_dilated, "xla": lax.conv_general_dilated,
+            "winograd": winograd_conv_general_dilated}[resolve(conv, platform)]
 
 
 def _is_canonical(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any) -> bool:
@@ -104,13 +120,16 @@ def canonical_conv_general_dilated(
     padding: str | Sequence[tuple[int, int]], lhs_dilation: Sequence[int] | None = None,
     rhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
     feature_group_count: int = 1, batch_group_count: int = 1, precision: Any = None,
-    preferred_element_type: Any = None) -> jax.Array:
+    preferred_element_type: Any = None, *, use_winograd: bool = False) -> jax.Array:
     """``lax.conv_general_dilated`` whose gradients are canonical forward convolutions.
 
     Same signature and result as ``lax.conv_general_dilated``. The custom VJP covers the case every
     network here uses: 2-D, NHWC input, HWIO kernel, NHWC output, any strides and padding (SAME,
     VALID or explicit pairs), no input/kernel dilation, one feature and batch group. Any other case
     is passed to ``lax.conv_general_dilated`` unchanged (correct, but slow inside loops on XLA:CPU).
+    With ``use_winograd``, the layers :func:`_winograd_applies` picks (stride-1 3x3 layers at least
+    ``_WINOGRAD_MIN_CHANNELS`` wide) compute their output and input gradient by Winograd's
+    F(2x2, 3x3) (:mod:`lth_jax.models.winograd`): the same values up to float32 rounding.
     Pure; works under ``jit``, ``vmap``, ``grad`` (first order; the VJP itself is differentiable too).
     """
     plain = functools.partial(
@@ -130,11 +149,54 @@ def canonical_conv_general_dilated(
     else:
         pads = padding
     pads = tuple((int(lo), int(hi)) for lo, hi in pads)
-    return _conv(lhs, rhs, strides, pads, precision)
+    return _conv(lhs, rhs, strides, pads, precision, bool(use_winograd))
 
 
-def _forward(x, w, strides, pads, precision):
+def winograd_conv_general_dilated(*args: Any, **kwargs: Any) -> jax.Array:
+    """:func:`canonical_conv_general_dilated` with ``use_winograd=True``: model ``conv="winograd"``."""
+    return canonical_conv_general_dilated(*args, **kwargs, use_winograd=True)
+
+
+#: Winograd's F(2x2, 3x3) only for layers whose in and out channels are both at least this many:
+#: narrower ones do too little arithmetic per transformed value (ResNet-20's 16- and 32-channel
+#: layers: 12.3 -> 12.6 ms and 6.0 -> 7.0 in a scan, one core; 64 channels and wider: 1.5-2.1x
+#: faster, experiments/conv_gradients.py, BUILD_NOTES.md).
+_WINOGRAD_MIN_CHANNELS = 64
+#: Tile rows (examples × tiles per example) per chunk of a Winograd product: the smallest chunk
+#: of the batch with at least this many. Fewer rows read the chunk's transformed kernel
+#: (16·C_in·C_out values) for too little work, many more leave the core's cache. On the paper's
+#: layers (experiments/conv_gradients.py) this ran within 9% of the best chunk size, mostly within
+#: 3%; the whole batch at once was up to 1.5x slower (32x32x64), one example up to 18x (4x4x512).
+_WINOGRAD_ROWS = 512
+
+
+def _winograd_applies(x_shape, w_shape, strides, pads) -> bool:
+    """Whether a layer (input ``x_shape``, HWIO kernel ``w_shape``) is computed by Winograd."""
+    return (tuple(w_shape[:2]) == (3, 3) and tuple(strides) == (1, 1)
+            and all(p >= 0 for pair in pads for p in pair)
+            and min(w_shape[2], w_shape[3]) >= _WINOGRAD_MIN_CHANNELS)
+
+
+def _winograd_chunk(x_shape, pads) -> int:
+    """Examples per chunk of a Winograd product over input ``x_shape`` (see ``_WINOGRAD_ROWS``)."""
+    tiles = winograd.tiles(x_shape[1], pads[0]) * winograd.tiles(x_shape[2], pads[1])
+    batch = x_shape[0]
+    if _whole_batch(batch):
+        return batch
+    return min(d for d in range(1, batch + 1) if batch % d == 0
+               and (d * tiles >= _WINOGRAD_ROWS or d == batch))
+
+
+def _winograd(x, w, pads, precision) -> jax.Array:
+    """:func:`winograd.conv3x3` over chunks of ``_WINOGRAD_ROWS`` tile rows."""
+    return winograd.conv3x3(x, w, pads, examples_per_chunk=_winograd_chunk(x.shape, pads),
+                            precision=precision)
+
+
+def _forward(x, w, strides, pads, precision, use_winograd):
     spatial_in, kernel = x.shape[1:3], w.shape[:2]
+    if use_winograd and _winograd_applies(x.shape, w.shape, strides, pads):
+        return _winograd(x, w, pads, precision)
     if all(n >= k for n, k in zip(spatial_in, kernel)):
         return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC,
                                         precision=precision)
@@ -148,13 +210,13 @@ def _forward(x, w, strides, pads, precision):
     return jnp.matmul(patches, w.reshape(-1, w.shape[-1]), precision=precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv(x, w, strides, pads, precision):
-    return _forward(x, w, strides, pads, precision)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv(x, w, strides, pads, precision, use_winograd):
+    return _forward(x, w, strides, pads, precision, use_winograd)
 
 
-def _conv_fwd(x, w, strides, pads, precision):
-    return _forward(x, w, strides, pads, precision), (x, w)
+def _conv_fwd(x, w, strides, pads, precision, use_winograd):
+    return _forward(x, w, strides, pads, precision, use_winograd), (x, w)
 
 
 def _has_avx512(cpuinfo: str) -> bool:
@@ -219,16 +281,17 @@ def _input_patches(x: jax.Array, kernel, strides, pads, out) -> jax.Array:
 #: contraction was up to 1.8x slower on large maps (ResNet-20's 32x32x16: 22.6 ms against 12.8),
 #: one example at a time up to 6.4x on small ones (2x2x512: 75.2 against 11.7).
 _CHUNK_BYTES = 512 * 1024
-_one_piece = False  # set by kernel_gradients_in_one_piece
+_one_piece = False  # set by convolutions_in_one_piece
 
 
 @contextlib.contextmanager
-def kernel_gradients_in_one_piece() -> Iterator[None]:
-    """Within it, :func:`canonical_conv_general_dilated` traces its kernel gradient as one
-    contraction over the whole batch instead of a scan over chunks: the same matmuls and window
-    copies without the loop. For FLOP counts: XLA's cost analysis counts a loop's body once, so a
-    program traced outside it shows only one chunk of each kernel gradient. A module-wide
-    setting, read when a program is traced (not thread-safe)."""
+def convolutions_in_one_piece() -> Iterator[None]:
+    """Within it, :func:`canonical_conv_general_dilated` traces its kernel gradient and its
+    Winograd products over the whole batch at once instead of as loops over chunks of it: the same
+    matmuls, transforms and window copies without the loops. For FLOP counts (XLA's cost analysis
+    counts a loop's body once, so a program traced outside it shows only one chunk of each) and
+    for programs whose batch GSPMD splits over devices. A module-wide setting, read when a program
+    is traced (not thread-safe)."""
     global _one_piece
     saved, _one_piece = _one_piece, True
     try:
@@ -237,17 +300,23 @@ def kernel_gradients_in_one_piece() -> Iterator[None]:
         _one_piece = saved
 
 
+def _whole_batch(batch: int) -> bool:
+    """Whether a batch is computed at once rather than in chunks: off CPUs, whose caches the chunks
+    are about (a GPU wants one large matmul), inside :func:`convolutions_in_one_piece`, and for an
+    empty batch."""
+    return jax.default_backend() != "cpu" or _one_piece or batch < 1
+
+
 def _examples_per_chunk(batch: int, bytes_per_example: int) -> int:
     """The most examples that divide ``batch`` and fit ``_CHUNK_BYTES`` (at least 1); the whole
-    batch off CPUs, whose caches this is about (a GPU wants one large matmul), inside
-    :func:`kernel_gradients_in_one_piece`, and for an empty batch."""
-    if jax.default_backend() != "cpu" or _one_piece or batch < 1:
+    batch where :func:`_whole_batch`."""
+    if _whole_batch(batch):
         return batch
     most = max(1, _CHUNK_BYTES // bytes_per_example)
     return max(d for d in range(1, min(batch, most) + 1) if batch % d == 0)
 
 
-def _conv_bwd(strides, pads, precision, residuals, dy):
+def _conv_bwd(strides, pads, precision, use_winograd, residuals, dy):
     x, w = residuals
     spatial_in, kernel, spatial_out = x.shape[1:3], w.shape[:2], dy.shape[1:3]
     c_in, c_out = w.shape[2:]
@@ -257,9 +326,13 @@ def _conv_bwd(strides, pads, precision, residuals, dy):
     # Input gradient: full correlation of the dilated output gradient with the flipped kernel,
     # channels swapped (HWIO with I = C_out, O = C_in), cropped/padded to the input's size.
     edges = [(k - 1 - lo, n + lo - d) for n, k, (lo, _), d in zip(spatial_in, kernel, pads, dilated)]
-    dy_padded = _dilate_and_pad(dy, strides, edges)
     w_flipped = jnp.swapaxes(w[::-1, ::-1], 2, 3)
-    if _forward_convolution_is_fast() and all(n >= k for n, k in zip(spatial_in, kernel)):
+    dy_padded = _dilate_and_pad(dy, strides, edges)
+    if use_winograd and _winograd_applies(dy.shape, w_flipped.shape, strides, edges):
+        # A stride-1 3x3 layer's input gradient is itself a stride-1 3x3 correlation (of dy,
+        # padded by `edges`, with the flipped kernel): Winograd's as the forward pass's.
+        dx = _winograd(dy, w_flipped, edges, precision)
+    elif _forward_convolution_is_fast() and all(n >= k for n, k in zip(spatial_in, kernel)):
         # That correlation is a forward convolution, which XLA:CPU runs in YNNPACK at ~100
         # GFLOP/s a core on AVX-512 CPUs, inside loops too: Conv-2's 32x32x64 layer 47 ms against
         # 92 for the windows below (slice copies, matmuls, their sum). Not where the input is
@@ -278,7 +351,14 @@ def _conv_bwd(strides, pads, precision, residuals, dy):
                                              w_flipped.reshape(-1, c_out, c_in))]
         dx = sum(products[1:], products[0])
 
-    dw = _kernel_gradient(x, dy, kernel, strides, pads, precision)
+    if (use_winograd and _winograd_applies(x.shape, w.shape, strides, pads)
+            and all(o >= k for o, k in zip(spatial_out, kernel))):
+        # Not on maps smaller than the kernel (VGG-19's 2x2: one tile an example, 15.3 ms
+        # against 13.5 for the windows below, experiments/conv_gradients.py).
+        dw = winograd.kernel_gradient3x3(x, dy, pads, examples_per_chunk=_winograd_chunk(
+            x.shape, pads), precision=precision)
+    else:
+        dw = _kernel_gradient(x, dy, kernel, strides, pads, precision)
     return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
 
 
