@@ -3,7 +3,9 @@ device inside ``lax.scan`` (as a level runs): lth_jax's masked step (the config'
 batch, synthetic data of the dataset's shape) under ``jax.profiler``, each XLA thunk's time per
 step, with the jaxpr op it came from (from the optimised HLO's metadata).
 
-    taskset -c 0 python experiments/step_profile.py conv2 [steps] [rows]   # conv4, vgg19, resnet18...
+    taskset -c 0 python experiments/step_profile.py conv2 [steps] [rows] [conv]   # conv4, vgg19...
+
+``conv`` is ``model.conv`` (default ``auto``: ``winograd`` on a CPU).
 
 ``ynn_fusion`` thunks run in YNNPACK (XLA:CPU's library for canonical convolutions and dots),
 ``conv_general_dilated``/``dot`` ones in Eigen, ``*_fusion`` ones are XLA's own loops (copies,
@@ -41,8 +43,10 @@ def op_names(hlo: str) -> dict[str, str]:
     return names
 
 
-def main(name: str = "conv2", steps: str = "4", rows: str = "30") -> None:
+def main(name: str = "conv2", steps: str = "4", rows: str = "30", conv: str = "auto") -> None:
     c = config_lib.load_file(os.path.join(ROOT, "configs", f"{name}.py"))
+    if "conv" in c.model:
+        c.model.conv = conv
     c.dataset.source = "synthetic"
     c.dataset.train_size, c.dataset.validation_size, c.dataset.test_size = 2000, 256, 256
     c.train.warmup_iterations, c.train.lr_drops = 0, ()

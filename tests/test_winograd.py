@@ -59,7 +59,7 @@ def test_kernel_gradient3x3_equals_the_direct_kernel_gradient(case):
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * float(jnp.max(jnp.abs(want))))
 
 
-def test_the_kernel_transform_is_g_w_gt_exactly():
+def test_the_kernel_transform_is_g_w_gt():
     w = jax.random.normal(jax.random.key(0), (3, 3, 2, 3))
     u = np.asarray(winograd.kernel_transform(w))
     g = winograd.G.astype(np.float64)
@@ -149,3 +149,30 @@ def test_winograd_chunks_hold_enough_tile_rows(monkeypatch):
         assert convolution._winograd_chunk((60, 32, 32, 64), same) == 60
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert convolution._winograd_chunk((60, 32, 32, 64), same) == 60
+
+
+@pytest.mark.parametrize("case", ["SAME odd 7x5", "asymmetric"])
+def test_a_flipped_kernel_is_the_input_gradient_s_correlation(case):
+    shape, c_out, pads = CASES[case]
+    # w is (3, 3, C_out, C_in): the kernel of a layer whose input gradient this is
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = jax.random.normal(jax.random.key(1), (3, 3, c_out, shape[-1]))
+    want = lax.conv_general_dilated(x, jnp.swapaxes(w[::-1, ::-1], 2, 3), (1, 1), pads,
+                                    dimension_numbers=NHWC)
+    for chunk in _chunk_sizes(shape[0]):
+        got = winograd.conv3x3(x, w, pads, examples_per_chunk=chunk, flipped=True)
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * float(jnp.max(jnp.abs(want))))
+
+
+def test_without_gradients_the_forward_pass_is_direct(monkeypatch):
+    # Evaluation and inference take XLA's convolution, which XLA:CPU fuses with what follows it;
+    # only a differentiated forward pass (training) is Winograd's.
+    x, w = jnp.ones((2, 8, 8, 64)), jnp.ones((3, 3, 64, 64))
+    conv = lambda x, w: convolution.winograd_conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=NHWC)
+    hlo = jax.jit(conv).lower(x, w).as_text()
+    assert hlo.count("stablehlo.convolution") == 1 and "stablehlo.dot_general" not in hlo
+    assert _winograd_calls(monkeypatch, x.shape, w.shape) == {
+        "forward and input gradient": 2, "kernel gradient": 1}
+    np.testing.assert_allclose(jax.jit(conv)(x, w), lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=NHWC), rtol=1e-6)

@@ -187,10 +187,10 @@ def _winograd_chunk(x_shape, pads) -> int:
                and (d * tiles >= _WINOGRAD_ROWS or d == batch))
 
 
-def _winograd(x, w, pads, precision) -> jax.Array:
+def _winograd(x, w, pads, precision, flipped=False) -> jax.Array:
     """:func:`winograd.conv3x3` over chunks of ``_WINOGRAD_ROWS`` tile rows."""
     return winograd.conv3x3(x, w, pads, examples_per_chunk=_winograd_chunk(x.shape, pads),
-                            precision=precision)
+                            precision=precision, flipped=flipped)
 
 
 def _forward(x, w, strides, pads, precision, use_winograd):
@@ -212,7 +212,14 @@ def _forward(x, w, strides, pads, precision, use_winograd):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _conv(x, w, strides, pads, precision, use_winograd):
-    return _forward(x, w, strides, pads, precision, use_winograd)
+    # Not differentiated (evaluation, inference): the direct forward pass even with
+    # `use_winograd`. There XLA:CPU fuses the convolution with the bias, ReLU, pool and dense
+    # layers after it, while Winograd's chunk loop writes its output to a buffer of its own; with
+    # the CLI's evaluation batches (2,500 examples) and two devices sharing memory bandwidth,
+    # Conv-2's evaluations took 41 s with Winograd against 26 s direct in a 2 x 300-iteration run
+    # (BUILD_NOTES.md). Winograd's values differ from these by float32 rounding only.
+    del use_winograd
+    return _forward(x, w, strides, pads, precision, False)
 
 
 def _conv_fwd(x, w, strides, pads, precision, use_winograd):
@@ -331,7 +338,7 @@ def _conv_bwd(strides, pads, precision, use_winograd, residuals, dy):
     if use_winograd and _winograd_applies(dy.shape, w_flipped.shape, strides, edges):
         # A stride-1 3x3 layer's input gradient is itself a stride-1 3x3 correlation (of dy,
         # padded by `edges`, with the flipped kernel): Winograd's as the forward pass's.
-        dx = _winograd(dy, w_flipped, edges, precision)
+        dx = _winograd(dy, w, edges, precision, flipped=True)
     elif _forward_convolution_is_fast() and all(n >= k for n, k in zip(spatial_in, kernel)):
         # That correlation is a forward convolution, which XLA:CPU runs in YNNPACK at ~100
         # GFLOP/s a core on AVX-512 CPUs, inside loops too: Conv-2's 32x32x64 layer 47 ms against

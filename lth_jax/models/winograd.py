@@ -15,8 +15,9 @@ Summed over input channels, the element-wise product becomes one matrix product 
 input and ``U_ξ = (G g Gᵀ)_ξ`` (C_in, C_out) the transformed kernel. That is ``16·C_in·C_out``
 multiply-adds per four outputs against ``36·C_in·C_out`` directly; the transforms are additions
 (and the kernel's halves), linear in the input's size. The results equal the direct correlation up
-to float32 rounding (relative error ~1e-6 of the output's scale; the transforms' exact ±1/2
-coefficients add no error of their own beyond the reassociated sums).
+to float32 rounding (max error ~1e-6 of the output's largest value for the forward pass, up to
+~1e-5 for a kernel gradient summed over 60 examples; the coefficients 0, ±1/2, ±1 are exactly
+representable, so the error is that of the reassociated sums).
 
 :func:`conv3x3` is the correlation (``lax.conv_general_dilated`` with NHWC/HWIO/NHWC, stride 1, no
 dilation) for any non-negative padding, a few examples at a time (a ``lax.map`` over chunks of the
@@ -75,12 +76,28 @@ def _output_transform_adjoint(d: jax.Array, axis: int) -> jax.Array:
     return jnp.stack([d0, d0 + d1, d0 - d1, -d1])
 
 
+def _kernel_rows(g: jax.Array) -> jax.Array:
+    """``G g`` along ``g``'s leading axis of 3: a leading axis of 4."""
+    g0, g1, g2 = g[0], g[1], g[2]
+    half = 0.5 * (g0 + g2)
+    return jnp.stack([g0, half + 0.5 * g1, half - 0.5 * g1, g2])
+
+
+def _kernel_rows_adjoint(u: jax.Array) -> jax.Array:
+    """``Gᵀ u`` along ``u``'s leading axis of 4: a leading axis of 3 (the adjoint of
+    :func:`_kernel_rows`)."""
+    u0, u1, u2, u3 = u[0], u[1], u[2], u[3]
+    return jnp.stack([u0 + 0.5 * (u1 + u2), 0.5 * (u1 - u2), 0.5 * (u1 + u2) + u3])
+
+
 def kernel_transform(w: jax.Array) -> jax.Array:
     """``U = G g Gᵀ`` for an HWIO kernel ``w`` (3, 3, C_in, C_out): (4, 4, C_in, C_out), indexed
-    ``[column ξ, row ξ]`` to match the transformed input of :func:`conv3x3`. Exact (the
-    coefficients are 0, ±1/2, 1), computed in at least float32."""
-    g = jnp.asarray(G, jnp.promote_types(w.dtype, jnp.float32))
-    return jnp.einsum("ai,ijco,bj->baco", g, w.astype(g.dtype), g)
+    ``[column ξ, row ξ]`` to match the transformed input of :func:`conv3x3`. Element-wise
+    arithmetic (as an einsum, XLA:CPU made it a (C_in·C_out·4, 3) matmul: ~29 ms for a 512x512
+    kernel), in at least float32."""
+    w = w.astype(jnp.promote_types(w.dtype, jnp.float32))
+    rows = _kernel_rows(w)  # (4 row ξ, 3 columns, C_in, C_out)
+    return _kernel_rows(jnp.swapaxes(rows, 0, 1))  # (4 column ξ, 4 row ξ, C_in, C_out)
 
 
 def _transformed_input(x: jax.Array, pads) -> jax.Array:
@@ -96,14 +113,19 @@ def _transformed_input(x: jax.Array, pads) -> jax.Array:
     return v.reshape(16, n * t_h * t_w, c_in)
 
 
-def _conv3x3_chunk(x: jax.Array, u: jax.Array, pads, precision) -> jax.Array:
-    """The correlation of ``x`` (N, H, W, C_in) with the transformed kernel ``u``, all 2·T outputs
-    per spatial axis (the caller crops)."""
+def _conv3x3_chunk(x: jax.Array, u: jax.Array, pads, precision, channels_swapped) -> jax.Array:
+    """The correlation of ``x`` (N, H, W, C_in) with the transformed kernel ``u`` ((4, 4, C_in,
+    C_out), or (4, 4, C_out, C_in) if ``channels_swapped``), all 2·T outputs per spatial axis
+    (the caller crops)."""
     n, height, width, c_in = x.shape
     t_h, t_w = tiles(height, pads[0]), tiles(width, pads[1])
     v = _transformed_input(x, pads)
     accumulator = jnp.promote_types(x.dtype, jnp.float32)
-    m = lax.dot_general(v, u.reshape(16, c_in, -1).astype(x.dtype), (((2,), (1,)), ((0,), (0,))),
+    # Swapped channels are contracted where they lie: XLA:CPU transposed the 16 matrices as
+    # fast as it multiplied them in isolation, but in VGG-19's step as a 10-14 ms copy each.
+    contracted = 3 if channels_swapped else 2
+    m = lax.dot_general(v, u.reshape(16, *u.shape[2:]).astype(x.dtype),
+                        (((2,), (contracted - 1,)), ((0,), (0,))),
                         precision=precision, preferred_element_type=accumulator)
     m = m.reshape(4, 4, n, t_h, t_w, -1)
     rows = _output_transform(jnp.moveaxis(m, 1, 0), 2)  # (4, N, 2·T_h, T_w, C_out)
@@ -128,13 +150,18 @@ def _chunks(batch: int, examples_per_chunk: int | None) -> int:
 
 
 def conv3x3(x: jax.Array, w: jax.Array, pads: Sequence[tuple[int, int]], *,
-            examples_per_chunk: int | None = None, precision: Any = None) -> jax.Array:
+            examples_per_chunk: int | None = None, precision: Any = None,
+            flipped: bool = False) -> jax.Array:
     """``lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))``
     by F(2x2, 3x3).
 
     Args:
         x: (N, H, W, C_in) input.
-        w: (3, 3, C_in, C_out) HWIO kernel.
+        w: (3, 3, C_in, C_out) HWIO kernel; with ``flipped``, (3, 3, C_out, C_in) and the
+            correlation is with ``swapaxes(w[::-1, ::-1], 2, 3)`` (a layer's input gradient is
+            that of ``dy``), without writing that kernel: rotating ``g`` by 180° permutes the
+            rows and columns of ``G g Gᵀ`` (0 <-> 3), and the channel swap is a transpose of the
+            16 transformed matrices, each (C_out, C_in) -> (C_in, C_out).
         pads: ``((lo, hi), (lo, hi))`` zero padding of H and W, all non-negative.
         examples_per_chunk: examples transformed and multiplied together, a divisor of N (a
             ``lax.map`` over the chunks); None or N: the whole batch at once.
@@ -143,16 +170,21 @@ def conv3x3(x: jax.Array, w: jax.Array, pads: Sequence[tuple[int, int]], *,
         (N, H + lo + hi - 2, W + lo + hi - 2, C_out) in ``x``'s dtype; products accumulate in at
         least float32.
     """
-    pads = _check(x.shape, w.shape, pads)
+    pads = _check(x.shape, (3, 3, w.shape[3], w.shape[2]) if flipped else w.shape, pads)
     batch, height, width = x.shape[:3]
     out_h, out_w = height + sum(pads[0]) - 2, width + sum(pads[1]) - 2
     u = kernel_transform(w)
+    if flipped:
+        # Transforming the flipped, channel-swapped kernel instead made XLA fuse the channel
+        # transpose into the transform's strided writes: 20 ms for each of VGG-19's 512x512 ones.
+        swap = lambda a: jnp.stack([a[3], a[1], a[2], a[0]])
+        u = jnp.swapaxes(swap(jnp.swapaxes(swap(u), 0, 1)), 0, 1)
     chunk = _chunks(batch, examples_per_chunk)
     if chunk == batch:
-        y = _conv3x3_chunk(x, u, pads, precision)
+        y = _conv3x3_chunk(x, u, pads, precision, flipped)
     else:
         parts = x.reshape(batch // chunk, chunk, *x.shape[1:])
-        y = lax.map(lambda part: _conv3x3_chunk(part, u, pads, precision), parts)
+        y = lax.map(lambda part: _conv3x3_chunk(part, u, pads, precision, flipped), parts)
         y = y.reshape(batch, *y.shape[2:])
     return y[:, :out_h, :out_w]
 
@@ -202,6 +234,6 @@ def kernel_gradient3x3(x: jax.Array, dy: jax.Array, pads: Sequence[tuple[int, in
         total = jnp.zeros((16, c_in, c_out), accumulator)
         du = lax.scan(lambda acc, part: (acc + transformed_sum(*part), None), total,
                       (split(x), split(dy)))[0]
-    g = jnp.asarray(G, accumulator)
-    dw = jnp.einsum("ai,baco,bj->ijco", g, du.reshape(4, 4, c_in, c_out), g)
+    columns = _kernel_rows_adjoint(du.reshape(4, 4, c_in, c_out))  # (3 columns, 4 row ξ, ...)
+    dw = _kernel_rows_adjoint(jnp.swapaxes(columns, 0, 1))  # (3 rows, 3 columns, C_in, C_out)
     return dw.astype(x.dtype)
