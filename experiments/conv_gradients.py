@@ -47,6 +47,14 @@ def milliseconds(f, a, b) -> float:
     return per_step_ms(lambda total, z: (total + jnp.sum(f(*z)), None), (xs, ys), CALLS)
 
 
+def layer_data(batch: int, size: int, c_in: int, c_out: int):
+    """(x, w, dy, direct FLOPs) of a stride-1 3x3 SAME layer: normal inputs, fixed keys."""
+    x = jax.random.normal(jax.random.key(0), (batch, size, size, c_in))
+    w = jax.random.normal(jax.random.key(1), (3, 3, c_in, c_out))
+    dy = jax.random.normal(jax.random.key(2), (batch, size, size, c_out))
+    return x, w, dy, 2 * batch * size * size * 9 * c_in * c_out
+
+
 def pad1(a):
     return jnp.pad(a, ((0, 0), (1, 1), (1, 1), (0, 0)))
 
@@ -54,10 +62,7 @@ def pad1(a):
 def main() -> None:
     print(f"jax {jax.__version__}; ms (GFLOP/s) per gradient")
     for batch, size, c_in, c_out in LAYERS:
-        x = jax.random.normal(jax.random.key(0), (batch, size, size, c_in))
-        w = jax.random.normal(jax.random.key(1), (3, 3, c_in, c_out))
-        dy = jax.random.normal(jax.random.key(2), (batch, size, size, c_out))
-        flops = 2 * batch * size * size * 9 * c_in * c_out
+        x, w, dy, flops = layer_data(batch, size, c_in, c_out)
         flipped = lambda w: jnp.swapaxes(w[::-1, ::-1], 2, 3)  # HWIO with I = C_out, O = C_in
         windows = lambda a: convolution._windows(pad1(a), (3, 3), (1, 1), (size, size))
         # dy as (N, C_out, positions), materialised once (as lth_jax does since 2026-12-05)

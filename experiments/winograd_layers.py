@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 
-from conv_gradients import LAYERS, milliseconds  # noqa: E402
+from conv_gradients import LAYERS, layer_data, milliseconds  # noqa: E402
 from lth_jax.models import convolution, winograd  # noqa: E402
 
 SAME = ((1, 1), (1, 1))
@@ -37,10 +37,7 @@ def main() -> None:
     jax.config.update("jax_platforms", "cpu")
     print(f"jax {jax.__version__}; ms (direct-equivalent GFLOP/s) per layer")
     for batch, size, c_in, c_out in LAYERS:
-        x = jax.random.normal(jax.random.key(0), (batch, size, size, c_in))
-        w = jax.random.normal(jax.random.key(1), (3, 3, c_in, c_out))
-        dy = jax.random.normal(jax.random.key(2), (batch, size, size, c_out))
-        flops = 2 * batch * size * size * 9 * c_in * c_out
+        x, w, dy, flops = layer_data(batch, size, c_in, c_out)
         picked = convolution._winograd_chunk(x.shape, SAME)
         chunks = sorted({1, picked, batch})
         cases = {"forward direct": (lambda x, w: convolution._forward(

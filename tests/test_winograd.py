@@ -66,8 +66,8 @@ def test_the_kernel_transform_is_g_w_gt():
     for c in range(2):
         for o in range(3):
             # indexed [column ξ, row ξ]: the transpose of G g Gᵀ
-            np.testing.assert_allclose(u[:, :, c, o].T, g @ np.asarray(w, np.float64)[:, :, c, o] @ g.T,
-                                       rtol=0, atol=1e-6)
+            want = g @ np.asarray(w, np.float64)[:, :, c, o] @ g.T
+            np.testing.assert_allclose(u[:, :, c, o].T, want, rtol=0, atol=1e-6)
 
 
 def _flops(f, *args):
@@ -109,7 +109,8 @@ def _winograd_calls(monkeypatch, x_shape, w_shape, strides=(1, 1), padding="SAME
     ``conv="winograd"`` layer Winograd computed."""
     calls = []
     conv3x3, kernel_gradient3x3 = winograd.conv3x3, winograd.kernel_gradient3x3
-    monkeypatch.setattr(winograd, "conv3x3", lambda *a, **k: calls.append("conv") or conv3x3(*a, **k))
+    monkeypatch.setattr(winograd, "conv3x3",
+                        lambda *a, **k: calls.append("conv") or conv3x3(*a, **k))
     monkeypatch.setattr(winograd, "kernel_gradient3x3",
                         lambda *a, **k: calls.append("dw") or kernel_gradient3x3(*a, **k))
     loss = lambda x, w: jnp.sum(convolution.winograd_conv_general_dilated(
@@ -122,7 +123,7 @@ def _winograd_calls(monkeypatch, x_shape, w_shape, strides=(1, 1), padding="SAME
 @pytest.mark.parametrize("x_shape, w_shape, strides, padding, conv, dw", [
     ((2, 8, 8, 64), (3, 3, 64, 64), (1, 1), "SAME", 2, 1),      # Conv-2's second layer
     ((2, 8, 8, 64), (3, 3, 64, 128), (1, 1), "VALID", 2, 1),    # VALID, widening
-    ((2, 2, 2, 64), (3, 3, 64, 64), (1, 1), "SAME", 2, 0),      # VGG-19's 2x2 maps: direct dw
+    ((2, 2, 2, 64), (3, 3, 64, 64), (1, 1), "SAME", 2, 1),      # VGG-19's 2x2 maps
     ((2, 8, 8, 32), (3, 3, 32, 64), (1, 1), "SAME", 0, 0),      # narrower than 64
     ((2, 8, 8, 3), (3, 3, 3, 64), (1, 1), "SAME", 0, 0),        # a first layer
     ((2, 8, 8, 64), (3, 3, 64, 64), (2, 2), "SAME", 0, 0),      # strided

@@ -44,14 +44,16 @@ ResNet-20's downsampling layers still ~4x faster than the windows). Only ResNet-
 downsampling blocks (and their 1×1 shortcuts) have strides.
 
 With ``use_winograd`` (:func:`winograd_conv_general_dilated`, ``conv="winograd"``), the stride-1
-3x3 layers at least ``_WINOGRAD_MIN_CHANNELS`` (64) channels wide compute all three products by
-Winograd's F(2x2, 3x3) (:mod:`lth_jax.models.winograd`, 2.25x fewer multiplies): the forward pass
-``winograd.conv3x3(x, w)``, the input gradient ``winograd.conv3x3(dy, flip(w)ᵀ)`` (the same
-correlation as above, padded by ``(k-1-p_lo, ...)``), and the kernel gradient
-``winograd.kernel_gradient3x3(x, dy)`` (except on maps smaller than the kernel, where the windows
-above are faster), each over chunks of about ``_WINOGRAD_ROWS`` tiles. On Conv-2's 32x32x64 layer
-(one core, in a scan) that is 47.5 -> 30 ms for the forward pass and for the input gradient, 58 ->
-44 for the kernel gradient; Conv-2/4/6 train 1.3-1.5x faster (experiments/winograd_layers.py,
+3x3 layers at least ``_WINOGRAD_MIN_CHANNELS`` (64) channels wide compute all three products of a
+training step by Winograd's F(2x2, 3x3) (:mod:`lth_jax.models.winograd`, 2.25x fewer
+multiplies): the forward pass ``winograd.conv3x3(x, w)`` (when differentiated: evaluation and
+inference keep XLA's direct convolution, which XLA:CPU fuses with the layers after it), the
+input gradient ``winograd.conv3x3(dy, flip(w)ᵀ)`` (the same correlation as above, padded by
+``(k-1-p_lo, ...)``), and the kernel gradient
+``winograd.kernel_gradient3x3(x, dy)``, each over chunks of about ``_WINOGRAD_ROWS`` tiles. On
+Conv-2's 32x32x64 layer (one core, in a scan) that is 45.6 -> 30.0 ms for the forward pass and
+for the input gradient, 61.6 -> 47.1 for the kernel gradient; Conv-2/4/6 and VGG-19 train
+1.3-1.5x faster (experiments/winograd_layers.py,
 experiments/benchmark.py, BUILD_NOTES.md). The values differ from the direct ones by float32
 rounding only (tested against ``nn.Conv``).
 
@@ -128,8 +130,9 @@ def canonical_conv_general_dilated(
     VALID or explicit pairs), no input/kernel dilation, one feature and batch group. Any other case
     is passed to ``lax.conv_general_dilated`` unchanged (correct, but slow inside loops on XLA:CPU).
     With ``use_winograd``, the layers :func:`_winograd_applies` picks (stride-1 3x3 layers at least
-    ``_WINOGRAD_MIN_CHANNELS`` wide) compute their output and input gradient by Winograd's
-    F(2x2, 3x3) (:mod:`lth_jax.models.winograd`): the same values up to float32 rounding.
+    ``_WINOGRAD_MIN_CHANNELS`` wide) compute their output (when differentiated), input gradient
+    and kernel gradient by Winograd's F(2x2, 3x3) (:mod:`lth_jax.models.winograd`): the same
+    values up to float32 rounding.
     Pure; works under ``jit``, ``vmap``, ``grad`` (first order; the VJP itself is differentiable too).
     """
     plain = functools.partial(
@@ -153,20 +156,21 @@ def canonical_conv_general_dilated(
 
 
 def winograd_conv_general_dilated(*args: Any, **kwargs: Any) -> jax.Array:
-    """:func:`canonical_conv_general_dilated` with ``use_winograd=True``: model ``conv="winograd"``."""
+    """:func:`canonical_conv_general_dilated` with ``use_winograd=True`` (``conv="winograd"``)."""
     return canonical_conv_general_dilated(*args, **kwargs, use_winograd=True)
 
 
 #: Winograd's F(2x2, 3x3) only for layers whose in and out channels are both at least this many:
 #: narrower ones do too little arithmetic per transformed value (ResNet-20's 16- and 32-channel
-#: layers: 12.3 -> 12.6 ms and 6.0 -> 7.0 in a scan, one core; 64 channels and wider: 1.5-2.1x
-#: faster, experiments/conv_gradients.py, BUILD_NOTES.md).
+#: layers' forward passes: 12.3 -> 12.6 ms and 6.0 -> 7.0 in a scan, one core; 64 channels and
+#: wider: 1.5-2.1x faster, experiments/winograd_layers.py, BUILD_NOTES.md).
 _WINOGRAD_MIN_CHANNELS = 64
 #: Tile rows (examples × tiles per example) per chunk of a Winograd product: the smallest chunk
 #: of the batch with at least this many. Fewer rows read the chunk's transformed kernel
 #: (16·C_in·C_out values) for too little work, many more leave the core's cache. On the paper's
-#: layers (experiments/conv_gradients.py) this ran within 9% of the best chunk size, mostly within
-#: 3%; the whole batch at once was up to 1.5x slower (32x32x64), one example up to 18x (4x4x512).
+#: layers (experiments/winograd_layers.py) this ran within 6% of the best chunk size but for one
+#: case (8x8x256's forward pass: 26-27 ms, 21 at one example a chunk); the whole batch at once
+#: was up to 1.7x slower (32x32x64), one example at a time up to 3.7x (4x4x512).
 _WINOGRAD_ROWS = 512
 
 
@@ -358,10 +362,7 @@ def _conv_bwd(strides, pads, precision, use_winograd, residuals, dy):
                                              w_flipped.reshape(-1, c_out, c_in))]
         dx = sum(products[1:], products[0])
 
-    if (use_winograd and _winograd_applies(x.shape, w.shape, strides, pads)
-            and all(o >= k for o, k in zip(spatial_out, kernel))):
-        # Not on maps smaller than the kernel (VGG-19's 2x2: one tile an example, 15.3 ms
-        # against 13.5 for the windows below, experiments/conv_gradients.py).
+    if use_winograd and _winograd_applies(x.shape, w.shape, strides, pads):
         dw = winograd.kernel_gradient3x3(x, dy, pads, examples_per_chunk=_winograd_chunk(
             x.shape, pads), precision=precision)
     else:
