@@ -20,8 +20,9 @@ What it measures, per network and per fraction of hidden units kept (50%, 25%, 1
   timing of LeNet is 20 calls in a row, its calls being milliseconds);
 * parameter counts (dense, alive under the mask, compact) and XLA's FLOP count of one train step;
 * a check that the compact Conv-2 trains with lth_jax's fast convolution (``conv="auto"`` is the
-  canonical-VJP convolution on CPUs, ``lth_jax.models.convolution``): it counts the canonical
-  NHWC/HWIO/NHWC convolutions in the train step's jaxpr, gradients included, and warns unless all
+  canonical-VJP convolution with Winograd's F(2x2, 3x3) on CPUs,
+  ``lth_jax.models.convolution``): it counts the canonical NHWC/HWIO/NHWC convolutions in the
+  train step's jaxpr, gradients included (Winograd's layers have none), and warns unless all
   are (plain ``nn.Conv`` gradients are not, and run ~85x slower inside a scan on XLA:CPU, which
   would make the comparison meaningless).
 
@@ -245,7 +246,7 @@ def main():
                         help="train steps per scanned call (default: lenet 300, conv2 3)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per program")
     parser.add_argument("--infer_batch", type=int, default=0, help="inference batch (default: lenet 1000, conv2 500)")
-    parser.add_argument("--conv", default="auto", help="Conv-2's convolution: auto | xla | canonical_vjp")
+    parser.add_argument("--conv", default="auto", help="Conv-2's convolution: auto | xla | canonical_vjp | winograd")
     parser.add_argument("--xla", default="cli", choices=("cli", "default"),
                         help="cli: the CLI's CPU flags (single-threaded devices); default: none")
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
@@ -286,7 +287,7 @@ def main():
               f"{os.getloadavg()[0]:.2f}", flush=True)
         for r in got:
             done, total = (r["canonical_convs_compact"] + "/0").split("/")[:2]
-            if r["conv"] == "canonical_vjp" and done != total:
+            if r["conv"] in ("canonical_vjp", "winograd") and done != total:
                 print(f"WARNING: {network} at {r['keep']:.0%}: only {done} of {total} convolutions "
                       "of the compact step are canonical; its gradients take XLA:CPU's slow path")
         rows += got

@@ -131,6 +131,10 @@ def _winograd_calls(monkeypatch, x_shape, w_shape, strides=(1, 1), padding="SAME
     # negative padding: the forward pass and kernel gradient are direct; the input gradient is a
     # correlation padded by (2 - lo, ...) = (3, ...), non-negative, so Winograd's
     ((2, 8, 8, 64), (3, 3, 64, 64), (1, 1), ((-1, 1), (1, 1)), 1, 0),
+    # padding past 2: the forward pass and kernel gradient are Winograd's, the input gradient's
+    # edges (2 - lo, ...) are negative, so it is the direct one
+    ((2, 8, 8, 64), (3, 3, 64, 64), (1, 1), ((3, 0), (1, 1)), 1, 1),
+    ((0, 8, 8, 64), (3, 3, 64, 64), (1, 1), "SAME", 0, 0),      # an empty batch
 ])
 def test_winograd_computes_the_wide_stride_1_3x3_layers(x_shape, w_shape, strides, padding, conv,
                                                        dw, monkeypatch):
@@ -177,3 +181,38 @@ def test_without_gradients_the_forward_pass_is_direct(monkeypatch):
         "forward and input gradient": 2, "kernel gradient": 1}
     np.testing.assert_allclose(jax.jit(conv)(x, w), lax.conv_general_dilated(
         x, w, (1, 1), "SAME", dimension_numbers=NHWC), rtol=1e-6)
+
+
+def test_a_winograd_run_continues_bit_for_bit_across_slices(monkeypatch):
+    # What resume relies on: a run cut into slices (each a call of the compiled chunk program,
+    # the state carried between them, as a stopped and resumed run is; slices of one step are a
+    # program without the loop) gives the same bits as one slice, with Winograd's chunk loops
+    # inside every step (Conv-2's 64-channel layer, 16 tiles an example, two examples a chunk).
+    # Compiled with XLA's fusion emitters, as every bit-for-bit comparison of programs of other
+    # loop shapes in this suite is (conftest.FUSION_EMITTERS).
+    from conftest import fusion_emitters
+
+    from lth_jax import config as config_lib
+    from lth_jax import lottery, masks
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    monkeypatch.setattr(convolution, "_WINOGRAD_ROWS", 32)
+    assert convolution._winograd_chunk((4, 8, 8, 64), ((1, 1), (1, 1))) == 2
+    c = config_lib.conv_config("conv2", dropout=False)
+    c.dataset.source = "synthetic"
+    c.dataset.image_shape = (8, 8, 3)
+    c.dataset.train_size, c.dataset.validation_size, c.dataset.test_size = 40, 8, 8
+    c.train.iterations = c.train.eval_every = 4
+    c.train.batch_size, c.train.eval_batch_size = 4, 8
+    c.model.conv = "winograd"
+    with fusion_emitters():
+        exp = lottery.setup(c)
+        key = jnp.stack([lottery.trial_key(0, 0, lottery.INIT)])
+        v = jax.jit(jax.vmap(exp.init_variables))(key)
+        mask = jax.vmap(masks.ones_like)(v["params"])
+        results = [lottery.Runner(exp, 1, "map", slice_iterations=s)(
+            v["params"], v["batch_stats"], mask, key, key, start=0, capture=-1)
+            for s in (4, 1, 2)]
+    for other in results[1:]:
+        for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(other), strict=True):
+            np.testing.assert_array_equal(a, b)

@@ -11,8 +11,9 @@ the RNG stream ``'dropout'`` and only when ``train=True``. All of this works und
 The conv networks take ``conv = "auto" | "xla" | "canonical_vjp" | "winograd"``: which convolution
 they use. "canonical_vjp" (:mod:`lth_jax.models.convolution`) computes the same values and gradients
 as ``nn.Conv`` with a backward pass that XLA:CPU runs fast inside loops; "winograd" is that with
-Winograd's F(2x2, 3x3) (:mod:`lth_jax.models.winograd`) for the output and input gradient of the
-stride-1 3x3 layers at least 64 channels wide (the same values up to float32 rounding); "auto"
+Winograd's F(2x2, 3x3) (:mod:`lth_jax.models.winograd`) for the training step's output, input
+gradient and kernel gradient of the stride-1 3x3 layers at least 64 channels wide (the same values
+up to float32 rounding; evaluation keeps the direct convolution); "auto"
 picks "winograd" on CPUs and XLA's own convolution on GPUs/TPUs. The choice changes no parameter name or shape. Their 2x2
 max-pools are :func:`max_pool` (:mod:`lth_jax.models.pooling`): ``nn.max_pool``'s values with a
 gradient that avoids XLA:CPU's slow ``select_and_scatter``.

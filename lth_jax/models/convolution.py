@@ -162,8 +162,9 @@ def winograd_conv_general_dilated(*args: Any, **kwargs: Any) -> jax.Array:
 
 #: Winograd's F(2x2, 3x3) only for layers whose in and out channels are both at least this many:
 #: narrower ones do too little arithmetic per transformed value (ResNet-20's 16- and 32-channel
-#: layers' forward passes: 12.3 -> 12.6 ms and 6.0 -> 7.0 in a scan, one core; 64 channels and
-#: wider: 1.5-2.1x faster, experiments/winograd_layers.py, BUILD_NOTES.md).
+#: layers, forward pass and kernel gradient, direct -> Winograd: 12.7 -> 12.8 and 13.1 -> 17.4 ms,
+#: 5.9 -> 7.3 and 9.3 -> 9.3, in a scan, one core; 64 channels and wider: 1.3-1.8x faster
+#: forward, 1.2-1.6x kernel gradient, experiments/winograd_layers.py, BUILD_NOTES.md).
 _WINOGRAD_MIN_CHANNELS = 64
 #: Tile rows (examples × tiles per example) per chunk of a Winograd product: the smallest chunk
 #: of the batch with at least this many. Fewer rows read the chunk's transformed kernel
@@ -178,7 +179,9 @@ def _winograd_applies(x_shape, w_shape, strides, pads) -> bool:
     """Whether a layer (input ``x_shape``, HWIO kernel ``w_shape``) is computed by Winograd."""
     return (tuple(w_shape[:2]) == (3, 3) and tuple(strides) == (1, 1)
             and all(p >= 0 for pair in pads for p in pair)
-            and min(w_shape[2], w_shape[3]) >= _WINOGRAD_MIN_CHANNELS)
+            and min(w_shape[2], w_shape[3]) >= _WINOGRAD_MIN_CHANNELS
+            and x_shape[0] >= 1  # an empty batch or output: lax's own handles those
+            and all(n + lo + hi - 2 >= 1 for n, (lo, hi) in zip(x_shape[1:3], pads)))
 
 
 def _winograd_chunk(x_shape, pads) -> int:
