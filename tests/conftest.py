@@ -51,6 +51,20 @@ jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
+def conv2_on_8x8(iterations: int):
+    """Conv-2's config (its 64-channel layers) on 8x8x3 synthetic images: 40 training examples,
+    batch 4, ``iterations`` steps in one evaluation period; a tiny conv run."""
+    from lth_jax import config as config_lib
+
+    c = config_lib.conv_config("conv2", dropout=False)
+    c.dataset.source = "synthetic"
+    c.dataset.image_shape = (8, 8, 3)
+    c.dataset.train_size, c.dataset.validation_size, c.dataset.test_size = 40, 8, 8
+    c.train.iterations = c.train.eval_every = iterations
+    c.train.batch_size, c.train.eval_batch_size = 4, 8
+    return c
+
+
 # ----------------------------------------------------------------------------- the tiny experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -195,14 +195,11 @@ def test_in_one_piece_the_kernel_gradient_has_no_loop_and_its_whole_flop_count(m
 def test_data_parallel_programs_take_each_convolution_in_one_piece(data_parallel, monkeypatch):
     # In chunks, the kernel gradient and the Winograd products would loop over an axis that GSPMD
     # splits over the devices.
+    from conftest import conv2_on_8x8
+
     from lth_jax import lottery
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
-    c = config_lib.conv_config("conv2", dropout=False)
-    c.dataset.source = "synthetic"
-    c.dataset.image_shape = (8, 8, 3)
-    c.dataset.train_size, c.dataset.validation_size, c.dataset.test_size = 40, 8, 8
-    c.train.iterations = c.train.eval_every = 2
-    c.train.batch_size, c.train.eval_batch_size = 4, 8
+    c = conv2_on_8x8(iterations=2)
     exp = lottery.setup(c)
     runner = lottery.Runner(exp, 1, "map", data_parallel=data_parallel, slice_iterations=2)
     key = jnp.stack([lottery.trial_key(0, 0, lottery.INIT)])

@@ -190,20 +190,14 @@ def test_a_winograd_run_continues_bit_for_bit_across_slices(monkeypatch):
     # inside every step (Conv-2's 64-channel layer, 16 tiles an example, two examples a chunk).
     # Compiled with XLA's fusion emitters, as every bit-for-bit comparison of programs of other
     # loop shapes in this suite is (conftest.FUSION_EMITTERS).
-    from conftest import fusion_emitters
+    from conftest import conv2_on_8x8, fusion_emitters
 
-    from lth_jax import config as config_lib
     from lth_jax import lottery, masks
 
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     monkeypatch.setattr(convolution, "_WINOGRAD_ROWS", 32)
     assert convolution._winograd_chunk((4, 8, 8, 64), ((1, 1), (1, 1))) == 2
-    c = config_lib.conv_config("conv2", dropout=False)
-    c.dataset.source = "synthetic"
-    c.dataset.image_shape = (8, 8, 3)
-    c.dataset.train_size, c.dataset.validation_size, c.dataset.test_size = 40, 8, 8
-    c.train.iterations = c.train.eval_every = 4
-    c.train.batch_size, c.train.eval_batch_size = 4, 8
+    c = conv2_on_8x8(iterations=4)
     c.model.conv = "winograd"
     with fusion_emitters():
         exp = lottery.setup(c)
