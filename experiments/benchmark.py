@@ -72,10 +72,11 @@ def load_config(filename: str):
 
 
 def step_flop_count(step, *args) -> float:
-    """XLA's count of the FLOPs of ``step(*args, 0, key)``, with lth_jax's convolutions
-    gradient in one piece: XLA counts a loop's body once, and that gradient is a loop over chunks
-    of the batch on CPUs (``lth_jax.models.convolution``); in one piece it does the same matmuls
-    and window copies."""
+    """XLA's count of the FLOPs of ``step(*args, 0, key)``, with lth_jax's convolutions traced in
+    one piece (``convolutions_in_one_piece``): XLA counts a loop's body once, and the kernel
+    gradients and Winograd products are loops over chunks of the batch on CPUs
+    (``lth_jax.models.convolution``); in one piece they do the same matmuls, transforms and
+    window copies."""
     import jax
     import jax.numpy as jnp
 

@@ -46,7 +46,8 @@ STRATEGIES = ("paper", "layerwise", "global", "neuron", "global_neuron")
 SOURCES = ("tfds", "files", "synthetic")
 AUGMENT = ("auto", "on", "off")
 MATMUL_PRECISIONS = ("auto", "default", "high", "highest")
-CONVOLUTIONS = ("auto", "xla", "canonical_vjp", "winograd")  # = lth_jax.models.convolution.IMPLEMENTATIONS
+# = lth_jax.models.convolution.IMPLEMENTATIONS (tested)
+CONVOLUTIONS = ("auto", "xla", "canonical_vjp", "winograd")
 
 
 class ConfigError(ValueError):

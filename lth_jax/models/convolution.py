@@ -341,10 +341,11 @@ def _conv_bwd(strides, pads, precision, use_winograd, residuals, dy):
     # channels swapped (HWIO with I = C_out, O = C_in), cropped/padded to the input's size.
     edges = [(k - 1 - lo, n + lo - d) for n, k, (lo, _), d in zip(spatial_in, kernel, pads, dilated)]
     w_flipped = jnp.swapaxes(w[::-1, ::-1], 2, 3)
-    dy_padded = _dilate_and_pad(dy, strides, edges)
+    dy_padded = _dilate_and_pad(dy, strides, edges)  # unused by Winograd's branch (traced, dropped)
     if use_winograd and _winograd_applies(dy.shape, w_flipped.shape, strides, edges):
         # A stride-1 3x3 layer's input gradient is itself a stride-1 3x3 correlation (of dy,
-        # padded by `edges`, with the flipped kernel): Winograd's as the forward pass's.
+        # padded by `edges`, with the flipped kernel): Winograd's as the forward pass's, which
+        # pads dy itself and transforms w unflipped.
         dx = _winograd(dy, w, edges, precision, flipped=True)
     elif _forward_convolution_is_fast() and all(n >= k for n, k in zip(spatial_in, kernel)):
         # That correlation is a forward convolution, which XLA:CPU runs in YNNPACK at ~100

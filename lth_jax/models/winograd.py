@@ -123,9 +123,8 @@ def _conv3x3_chunk(x: jax.Array, u: jax.Array, pads, precision, channels_swapped
     accumulator = jnp.promote_types(x.dtype, jnp.float32)
     # Swapped channels are contracted where they lie: XLA:CPU transposed the 16 matrices as
     # fast as it multiplied them in isolation, but in VGG-19's step as a 10-14 ms copy each.
-    contracted = 3 if channels_swapped else 2
-    m = lax.dot_general(v, u.reshape(16, *u.shape[2:]).astype(x.dtype),
-                        (((2,), (contracted - 1,)), ((0,), (0,))),
+    u = u.reshape(16, *u.shape[2:]).astype(x.dtype)  # (16, C_in, C_out) or (16, C_out, C_in)
+    m = lax.dot_general(v, u, (((2,), (2 if channels_swapped else 1,)), ((0,), (0,))),
                         precision=precision, preferred_element_type=accumulator)
     m = m.reshape(4, 4, n, t_h, t_w, -1)
     rows = _output_transform(jnp.moveaxis(m, 1, 0), 2)  # (4, N, 2·T_h, T_w, C_out)
