@@ -7,8 +7,9 @@
 #   WORKDIR=runs/qs2 bash experiments/quickstart.sh   # another workdir (the same one resumes)
 #
 # Fashion-MNIST comes from local IDX files. Where they are missing this script tries, in order:
-# Debian's package dataset-fashion-mnist (apt-get, as root), then a download of the four files
-# into ~/.cache/lth_jax/fashion_mnist (needs internet); otherwise it says what to install.
+# Debian's package dataset-fashion-mnist (apt-get, as root), then a download of the four official
+# files, checked against their SHA-256 (lth_jax.download), into the data cache ($LTH_JAX_DATA, else
+# ~/.cache/lth_jax/datasets) under fashion_mnist/ (needs internet); otherwise it says what to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
@@ -24,8 +25,10 @@ FILES="train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ub
 have_files() {
   for f in $FILES; do [ -f "$1/$f" ] || return 1; done
 }
+CACHE="$("$VENV/bin/python" -c 'from lth_jax import download; print(download.cache_dir() / "fashion_mnist")')"
 DATA=""
-for dir in "${DATA_DIR:-/nonexistent}" "${LTH_JAX_DATA:-/nonexistent}/fashion_mnist" /usr/share/datasets/fashion-mnist "$HOME/.cache/lth_jax/fashion_mnist"; do
+# (~/.cache/lth_jax/fashion_mnist: where earlier versions of this script downloaded)
+for dir in "${DATA_DIR:-/nonexistent}" "$CACHE" /usr/share/datasets/fashion-mnist "$HOME/.cache/lth_jax/fashion_mnist"; do
   if have_files "$dir"; then DATA="$dir"; break; fi
 done
 if [ -z "$DATA" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
@@ -37,21 +40,17 @@ if [ -z "$DATA" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   fi
 fi
 if [ -z "$DATA" ]; then
-  echo "quickstart: downloading Fashion-MNIST into ~/.cache/lth_jax/fashion_mnist ..."
-  if "$VENV/bin/python" - "$HOME/.cache/lth_jax/fashion_mnist" $FILES <<'PY'
-import os, sys, urllib.request
-dest, names = sys.argv[1], sys.argv[2:]
-os.makedirs(dest, exist_ok=True)
-base = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-for name in names:
-    target = os.path.join(dest, name)
-    if not os.path.exists(target):
-        with urllib.request.urlopen(base + name, timeout=30) as r, open(target + ".part", "wb") as f:
-            f.write(r.read())
-        os.replace(target + ".part", target)
+  echo "quickstart: downloading Fashion-MNIST into $CACHE ..."
+  if "$VENV/bin/python" - <<'PY'
+import sys
+from lth_jax import download
+try:
+    download.fetch("fashion_mnist")
+except download.DownloadError as e:
+    sys.exit(f"quickstart: {e}")
 PY
   then
-    DATA="$HOME/.cache/lth_jax/fashion_mnist"
+    DATA="$CACHE"
   fi
 fi
 if [ -z "$DATA" ]; then

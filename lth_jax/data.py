@@ -3,11 +3,12 @@
 Two halves:
 
 * Host side (NumPy): `load(config, seed)` reads MNIST, Fashion-MNIST or CIFAR-10 (through TFDS without
-  TensorFlow, or from the original local files) or makes a synthetic dataset, holds out a validation
-  split, normalises per channel, and returns a frozen `Dataset` of NumPy arrays. Every problem with the
-  data raises `DatasetError`, whose message names the file or config field at fault and says how to get
-  the data. `load` never downloads anything: these machines are offline and a TFDS download that cannot
-  succeed retries for minutes.
+  TensorFlow, or from the original files, fetched into the data cache by `lth_jax.download` where
+  they are nowhere local) or makes a synthetic dataset, holds out a validation split, normalises per
+  channel, and returns a frozen `Dataset` of NumPy arrays. Every problem with the data raises
+  `DatasetError`, whose message names the file or config field at fault and says how to get the data.
+  Only source="auto" downloads, and only the original files, verified by their SHA-256; never TFDS
+  (offline, a TFDS download retries for minutes).
 
 * Device side (JAX, pure and jittable): `batch_indices` gives the example indices of a training step,
   `epoch_permutation` the whole order of an epoch, `augment` the CIFAR-10 flip-and-crop augmentation.
@@ -17,9 +18,11 @@ Two halves:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gzip
+import logging
 import math
 import os
 import pickle
@@ -32,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from lth_jax import download
 
 __all__ = [
     "DatasetError",
@@ -58,7 +63,8 @@ class DatasetInfo:
 
     Attributes:
       name: dataset name ("mnist", "fashion_mnist", "cifar10", or the synthetic dataset's name).
-      source: "tfds", "files" or "synthetic".
+      source: "tfds", "files" or "synthetic": where the data came from (source="auto" resolves to
+        "tfds" or "files"; downloaded files are read as "files").
       image_shape: (H, W, C) of one example.
       num_classes: labels lie in [0, num_classes).
       mean, std: per-channel statistics (of pixels scaled to [0, 1]; raw values for synthetic data)
@@ -98,7 +104,7 @@ class Dataset:
 # ----------------------------------------------------------------------------------------------------
 # Config
 
-_SOURCES = ("tfds", "files", "synthetic")
+_SOURCES = ("auto", "tfds", "files", "synthetic")
 # The real datasets this module knows: image shape and number of classes.
 _KNOWN: dict[str, tuple[tuple[int, int, int], int]] = {
     "mnist": ((28, 28, 1), 10),
@@ -109,16 +115,18 @@ _PRETTY = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR
 # Other spellings of a dataset's folder name (Debian installs Fashion-MNIST as "fashion-mnist").
 _HYPHENATED = {"fashion_mnist": "fashion-mnist", "cifar10": "cifar-10"}
 
-DATA_ENV_VAR = "LTH_JAX_DATA"
-# Searched after $LTH_JAX_DATA when config.dataset.path is not set. A module constant so that tests
-# (and unusual installs) can point it elsewhere.
+DATA_ENV_VAR = download.DATA_ENV_VAR
+# Searched after the data cache (download.cache_dir(): $LTH_JAX_DATA, else the user's cache) when
+# config.dataset.path is not set. A module constant so that tests (and unusual installs) can point
+# it elsewhere.
 SYSTEM_DATA_DIRS: tuple[str, ...] = ("/usr/share/datasets",)
 
 _DEFAULTS: dict[str, Any] = {
     "name": None,
-    "source": "tfds",
+    "source": "auto",
     "path": None,
     "data_dir": None,
+    "mirror": "",  # base URL of a mirror for source="auto"'s downloads; "" = the official locations
     "validation_size": 5000,
     "train_subset": None,  # None or 0: every training example kept after the validation hold-out
     # synthetic only
@@ -134,14 +142,20 @@ _SPLIT_STREAM = 0
 _SYNTHETIC_STREAM = 1
 
 
+# Fields whose "" means "not set", as the experiment config writes them.
+_EMPTY_IS_UNSET = ("path", "data_dir")
+
+
 def _field(config: Any, field: str) -> Any:
     """config.<field> from a ConfigDict, a mapping or an attribute object; a missing or None field
-    gets its default."""
+    (or "" for a folder field) gets its default."""
     if isinstance(config, Mapping) or hasattr(config, "get"):
         value = config.get(field, None)
     else:
         value = getattr(config, field, None)
-    return _DEFAULTS[field] if value is None else value
+    if value is None or (field in _EMPTY_IS_UNSET and value == ""):
+        return _DEFAULTS[field]
+    return value
 
 
 def _int_field(config: Any, field: str, minimum: int) -> int:
@@ -163,10 +177,19 @@ def load(config: Any, seed: int = 0) -> Dataset:
     Args:
       config: an `ml_collections.ConfigDict`, a mapping, or an object with attributes. Fields:
         name: "mnist", "fashion_mnist", "cifar10" (any name for synthetic data).
-        source: "tfds" (default), "files" or "synthetic".
-        path: folder holding the files (source="files"); None searches $LTH_JAX_DATA/<name>,
-          then /usr/share/datasets/<name>, each also with the hyphenated name ("fashion-mnist").
-        data_dir: TFDS data dir (source="tfds"); None uses TFDS's default.
+        source: "auto" (default), "tfds", "files" or "synthetic". "auto" takes, in order: a
+          prepared TFDS dataset (in data_dir, else TFDS's default; read only if prepared in the
+          array_record format, and probed without TFDS's warnings), the files in the data cache or
+          a system folder (as source="files" searches them), else downloads the official files
+          into the data cache (`lth_jax.download.fetch`: verified by SHA-256, progress on stderr)
+          and reads them. With `path` set, "auto" reads that folder as "files" does.
+        path: folder holding the files (source="files"); None or "" searches the data cache
+          (`lth_jax.download.cache_dir()`: $LTH_JAX_DATA, else ~/.cache/lth_jax/datasets or
+          $XDG_CACHE_HOME/lth_jax/datasets) for <name>, then /usr/share/datasets/<name>, each also
+          with the hyphenated name ("fashion-mnist").
+        data_dir: TFDS data dir (source="tfds" or "auto"); None or "" uses TFDS's default.
+        mirror: base URL the downloads of source="auto" come from ("" = the official locations;
+          see `lth_jax.download.file_url` for the layout).
         validation_size: examples held out of the training split (default 5000; 0 allowed).
         train_subset: train on only the first N (in the source's order) of the examples left after
           the validation hold-out; None or 0 (default) keeps them all. The validation and test
@@ -184,10 +207,14 @@ def load(config: Any, seed: int = 0) -> Dataset:
 
     Raises:
       DatasetError: unknown source or name, bad field, missing/malformed files, unprepared TFDS
-        dataset, labels out of range, validation_size >= the training split's size, train_subset
-        larger than what is left of it.
+        dataset, a split with 0 examples, labels out of range, validation_size >= the training
+        split's size, train_subset larger than what is left of it, and (source="auto") a download
+        that failed: unreachable (one line, within seconds: a refused or unresolvable connection
+        is not retried), a checksum mismatch (nothing cached), an interrupted transfer (resumed
+        by the next run).
 
-    `load` never downloads: an unprepared TFDS dataset raises at once instead of hanging offline.
+    Only source="auto" downloads, and never through TFDS: an unprepared TFDS dataset raises at
+    once instead of hanging offline.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise DatasetError(f"seed must be a non-negative integer, got {seed!r}.")
@@ -212,8 +239,10 @@ def load(config: Any, seed: int = 0) -> Dataset:
             )
         if source == "tfds":
             raw, location = _load_tfds(name, _field(config, "data_dir"))
-        else:
+        elif source == "files":
             raw, location = _load_files(name, _field(config, "path"))
+        else:
+            raw, location, source = _load_auto(name, config)
 
     train_x, train_y, test_x, test_y, num_classes = raw
     n = len(train_y)
@@ -330,13 +359,103 @@ def _how_to_get(name: str) -> str:
         ways.append("Debian/Ubuntu: apt-get install dataset-fashion-mnist, then "
                     "--config.dataset.source=files (files land in /usr/share/datasets/fashion-mnist)")
     ways.append(f"{_ORIGINAL_FILES.get(name, 'the original files')}: --config.dataset.source=files "
-                f"--config.dataset.path=FOLDER, or put them in ${DATA_ENV_VAR}/{name}")
+                f"--config.dataset.path=FOLDER, or put them in ${DATA_ENV_VAR}/{name} (the data "
+                f"cache, now {download.cache_dir() / name})")
     ways.append("TFDS: with internet, pip install 'lth_jax[tfds-prepare]' (TensorFlow) and prepare "
                 f"it once: tfds build {name} --file_format=array_record [--data_dir=DIR], then "
                 "--config.dataset.source=tfds [--config.dataset.data_dir=DIR]")
+    ways.append("with internet: --config.dataset.source=auto downloads the original files into "
+                "the data cache")
     ways.append("no data at all: --config.dataset.source=synthetic")
     return "How to get the data (this machine may be offline):\n" + ";\n".join(
         f"  - {way}" for way in ways) + "."
+
+
+def _offline_ways(name: str) -> str:
+    """`_how_to_get` in one line, for the error of a download that failed."""
+    ways = []
+    if name == "fashion_mnist":
+        ways.append("apt-get install dataset-fashion-mnist")
+    ways.append(f"{_ORIGINAL_FILES[name]} in {download.cache_dir() / name} (${DATA_ENV_VAR}/{name})")
+    ways.append("--config.dataset.source=files --config.dataset.path=FOLDER")
+    ways.append(f"tfds build {name} --file_format=array_record (pip install 'lth_jax[tfds-prepare]')")
+    ways.append("--config.dataset.mirror=URL")
+    return "; ".join(ways)
+
+
+# ----------------------------------------------------------------------------------------------------
+# source="auto": a prepared TFDS dataset, else local files, else a download
+
+
+def _load_auto(name: str, config: Any) -> tuple[_Raw, str, str]:
+    """(raw arrays, location, the source they came from: "tfds" or "files")."""
+    path = _field(config, "path")
+    if path is not None:  # the user said where the files are: nothing to search or fetch
+        return (*_load_files(name, path), "files")
+    data_dir = _field(config, "data_dir")
+    if _tfds_prepared(name, data_dir):
+        return (*_load_tfds(name, data_dir), "tfds")
+    try:
+        return (*_load_files(name, None), "files")
+    except _FilesNotFound:
+        pass  # malformed files raise on: a download must not hide (or overwrite) them
+    folder = download.cache_dir() / name
+    mirror = _field(config, "mirror")
+    if not isinstance(mirror, str):
+        raise DatasetError(f"config.dataset.mirror must be a URL string, got {mirror!r}.")
+    try:
+        download.fetch(name, folder, mirror=mirror)
+    except download.UnreachableError as err:
+        raise DatasetError(
+            f"{_PRETTY[name]} is not on this machine and cannot be downloaded ({err}). "
+            f"Other ways to get it: {_offline_ways(name)}."
+        ) from None
+    except download.DownloadError as err:
+        raise DatasetError(f"{_PRETTY[name]} download failed: {err}") from None
+    return (*_load_files(name, folder), "files")
+
+
+def _tfds_root(data_dir: str | os.PathLike | None) -> Path:
+    """The TFDS data dir that `tfds.data_source` reads: data_dir, else $TFDS_DATA_DIR, else
+    ~/tensorflow_datasets (TFDS's own default, tensorflow_datasets.core.constants)."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    return Path(os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets")
+
+
+def _tfds_prepared(name: str, data_dir: str | os.PathLike | None) -> bool:
+    """Whether TFDS's current version of `name` is prepared in the array_record format (what
+    `_load_tfds` reads) under the TFDS data dir. Looks at the files first, so that where nothing
+    is prepared TFDS is not even imported (and prints nothing)."""
+    folder = _tfds_root(data_dir) / name
+    prepared = {
+        version.name
+        for version in (folder.iterdir() if folder.is_dir() else ())
+        if (version / "dataset_info.json").is_file() and any(version.glob("*.array_record*"))
+    }
+    if not prepared:
+        return False
+    with _quiet_tfds():
+        import tensorflow_datasets as tfds
+
+        try:
+            current = str(tfds.builder_cls(name).VERSION)
+        except Exception:  # a TFDS without this builder: nothing it could read
+            return False
+    return current in prepared
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+    """Keeps TFDS's absl warnings (e.g. "Variant folder ... has no dataset_info.json", printed
+    while it looks for a dataset) off stderr: what they say, our own error says in its words."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -352,15 +471,17 @@ def _load_tfds(name: str, data_dir: str | None) -> tuple[_Raw, str]:
     image_shape, num_classes = _KNOWN[name]
     data_dir = None if data_dir is None else os.fspath(Path(data_dir).expanduser())
     try:
-        train_source, test_source = tfds.data_source(
-            name, split=["train", "test"], data_dir=data_dir, download=False
-        )
-        train_x, train_y = _read_tfds_split(train_source, name, "train", image_shape)
-        test_x, test_y = _read_tfds_split(test_source, name, "test", image_shape)
+        with _quiet_tfds():
+            train_source, test_source = tfds.data_source(
+                name, split=["train", "test"], data_dir=data_dir, download=False
+            )
+            train_x, train_y = _read_tfds_split(train_source, name, "train", image_shape)
+            test_x, test_y = _read_tfds_split(test_source, name, "test", image_shape)
     except DatasetError:
         raise
     except Exception as err:  # TFDS raises many types here; all mean "cannot read it"
-        raise _tfds_error(tfds, name, data_dir, err) from err
+        with _quiet_tfds():
+            raise _tfds_error(tfds, name, data_dir, err) from err
     for labels, split in ((train_y, "train"), (test_y, "test")):
         _check_labels(labels, num_classes, f"TFDS {name} split {split!r}")
     location = data_dir or os.fspath(tfds.core.constants.DATA_DIR)
@@ -393,6 +514,9 @@ def _read_tfds_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """All examples of a TFDS data source as uint8 [N, H, W, C] images and int64 labels."""
     n = len(source)
+    if n == 0:
+        raise DatasetError(f"TFDS {name} split {split!r} has 0 examples: nothing to "
+                           f"{'train' if split == 'train' else 'test'} on.")
     images = np.empty((n, *image_shape), np.uint8)
     labels = np.empty((n,), np.int64)
     read = _batched_reader(source)
@@ -442,14 +566,12 @@ _CIFAR_TEST = "test_batch"
 
 
 def _candidate_dirs(name: str, path: str | os.PathLike | None) -> list[Path]:
-    """Folders to search, in order."""
+    """Folders to search, in order: `path` alone if given, else the data cache, then the system
+    folders."""
     if path is not None:
         return [Path(path).expanduser()]
     spellings = [name] + ([_HYPHENATED[name]] if name in _HYPHENATED else [])
-    roots = []
-    env = os.environ.get(DATA_ENV_VAR)
-    if env:
-        roots.append(Path(env).expanduser())
+    roots = [download.cache_dir()]
     roots.extend(Path(root) for root in SYSTEM_DATA_DIRS)
     return [root / spelling for root in roots for spelling in spellings]
 
@@ -460,9 +582,13 @@ def _load_files(name: str, path: str | os.PathLike | None) -> tuple[_Raw, str]:
     return _load_idx_dataset(name, _candidate_dirs(name, path))
 
 
+class _FilesNotFound(DatasetError):
+    """No folder searched holds the dataset's files (as opposed to files there but malformed)."""
+
+
 def _not_found(name: str, wanted: str, tried: list[str]) -> DatasetError:
     listing = "\n".join(f"  {line}" for line in tried)
-    return DatasetError(
+    return _FilesNotFound(
         f"{_PRETTY[name]} files not found (source='files'). Looked for {wanted} in:\n{listing}\n"
         f"{_how_to_get(name)}"
     )
@@ -484,6 +610,8 @@ def _load_idx_dataset(name: str, dirs: list[Path]) -> tuple[_Raw, str]:
         for split in ("train", "test"):
             images_file, labels_file = files[f"{split}_images"], files[f"{split}_labels"]
             images = _read_idx(images_file, 3)
+            if len(images) == 0:
+                raise DatasetError(f"{images_file}: 0 images: the {split} split would be empty.")
             if images.shape[1:] != image_shape[:2]:
                 raise DatasetError(
                     f"{images_file}: images are {images.shape[1]}x{images.shape[2]}, "
@@ -619,6 +747,8 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetError(
             f"{path}: {labels.size} labels for {len(data)} images (b'labels' must be a flat list)."
         )
+    if len(data) == 0:
+        raise DatasetError(f"{path}: 0 images: a CIFAR-10 batch holds 10000.")
     _check_labels(labels, 10, str(path))
     # Rows are channel-major 3x32x32 (all red, then green, then blue); we want NHWC.
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)

@@ -117,8 +117,9 @@ def _check_split_roundtrip(ds: data.Dataset, source_images: np.ndarray, source_l
 
 @pytest.fixture
 def no_data_dirs(monkeypatch, tmp_path):
-    """No $LTH_JAX_DATA and an empty stand-in for /usr/share/datasets."""
+    """No $LTH_JAX_DATA, an empty user cache and an empty stand-in for /usr/share/datasets."""
     monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     system = tmp_path / "system-datasets"
     monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", (str(system),))
     return system
@@ -200,6 +201,16 @@ def test_missing_files_lists_paths_and_remedy(tmp_path, no_data_dirs, monkeypatc
     assert "--config.dataset.path" in message
 
 
+def test_files_found_in_user_cache(tmp_path, no_data_dirs):
+    # Without $LTH_JAX_DATA the data cache is $XDG_CACHE_HOME/lth_jax/datasets: where source="auto"
+    # downloads, and where source="files" looks.
+    cache = tmp_path / "xdg-cache" / "lth_jax" / "datasets" / "mnist"
+    arrays = _write_mnist(cache)
+    ds = data.load({"name": "mnist", "source": "files", "validation_size": 5, "path": ""})
+    assert ds.info.location == str(cache)
+    np.testing.assert_array_equal(ds.test_labels, arrays["t10k-labels-idx1-ubyte"])
+
+
 def test_missing_explicit_path(tmp_path):
     with pytest.raises(DatasetError, match="--config.dataset.path=FOLDER") as err:
         data.load({"name": "mnist", "source": "files", "path": str(tmp_path / "nowhere")})
@@ -243,6 +254,18 @@ def test_idx_count_mismatch(tmp_path):
     _write(tmp_path / "t10k-labels-idx1-ubyte.gz", _idx_bytes(np.zeros(5)))
     with pytest.raises(DatasetError, match="t10k-labels-idx1-ubyte.gz: 5 labels but"):
         data.load({"name": "mnist", "source": "files", "path": tmp_path, "validation_size": 5})
+
+
+@pytest.mark.parametrize("split", ["train", "t10k"])
+def test_idx_split_with_zero_examples(tmp_path, split):
+    # A consistent header of 0 images (and 0 labels): refused, naming the file, on one line.
+    _write_mnist(tmp_path)
+    _write(tmp_path / f"{split}-images-idx3-ubyte.gz", _idx_bytes(np.zeros((0, 28, 28))))
+    _write(tmp_path / f"{split}-labels-idx1-ubyte.gz", _idx_bytes(np.zeros(0)))
+    with pytest.raises(DatasetError) as err:
+        data.load({"name": "mnist", "source": "files", "path": tmp_path, "validation_size": 5})
+    assert str(err.value) == (f"{tmp_path / f'{split}-images-idx3-ubyte.gz'}: 0 images: the "
+                              f"{'train' if split == 'train' else 'test'} split would be empty.")
 
 
 def test_idx_labels_out_of_range(tmp_path):
@@ -316,6 +339,16 @@ def test_malformed_cifar_batch(tmp_path, payload, match):
     assert "data_batch_3" in str(err.value)
 
 
+def test_cifar_batch_with_zero_examples(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_cifar(folder)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, f)
+    with pytest.raises(DatasetError) as err:
+        data.load({"name": "cifar10", "source": "files", "path": folder, "validation_size": 2})
+    assert str(err.value) == f"{folder / 'test_batch'}: 0 images: a CIFAR-10 batch holds 10000."
+
+
 def test_cifar_missing_batch(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     _write_cifar(folder)
@@ -344,7 +377,8 @@ def test_tfds_mock_roundtrip(tmp_path, no_tfds_download, name, shape):
     tfds = no_tfds_download
     with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE):
         with _deadline(60):
-            ds = data.load({"name": name, "data_dir": str(tmp_path), "validation_size": 5}, seed=1)
+            ds = data.load({"name": name, "source": "tfds", "data_dir": str(tmp_path),
+                            "validation_size": 5}, seed=1)
         source = tfds.data_source(name, split="test", data_dir=str(tmp_path), download=False)
         expected = [source[i] for i in range(len(source))]
     assert ds.info.source == "tfds" and ds.info.image_shape == shape
@@ -365,6 +399,24 @@ def test_tfds_not_prepared_fails_fast(tmp_path, no_tfds_download):
     assert "lth_jax[tfds-prepare]" in message
     assert "apt-get" not in message  # only Fashion-MNIST's message names Debian's package
     assert "--config.dataset.path" in message
+
+
+def test_tfds_split_with_zero_examples(tmp_path, no_tfds_download):
+    tfds = no_tfds_download
+    with tfds.testing.mock_data(num_examples=0, policy=tfds.testing.MockPolicy.USE_CODE):
+        with _deadline(60), pytest.raises(DatasetError) as err:
+            data.load({"name": "mnist", "source": "tfds", "data_dir": str(tmp_path),
+                       "validation_size": 0})
+    assert str(err.value) == "TFDS mnist split 'train' has 0 examples: nothing to train on."
+
+
+def test_tfds_warnings_silenced(tmp_path, no_tfds_download, caplog):
+    # TFDS logs "Variant folder ... has no dataset_info.json" (absl, to stderr) while it looks;
+    # our error says it. (caplog sees every record that reaches a handler.)
+    (tmp_path / "mnist" / "3.0.1").mkdir(parents=True)
+    with _deadline(60), pytest.raises(DatasetError, match="not prepared"):
+        data.load({"name": "mnist", "source": "tfds", "data_dir": str(tmp_path)})
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 30] == []
 
 
 # ----------------------------------------------------------------------------------------------------
