@@ -131,7 +131,7 @@ def kept_units(params: PyTree, mask: PyTree) -> dict[str, np.ndarray]:
     """
     masks_lib.check_matches(params, mask)
     links = structured.sequential_links(params)
-    producers = structured._resolve(params, links)
+    producers = structured.resolve_links(params, links)
     work = [np.asarray(m).copy() for m in jax.tree.leaves(mask)]
     keep = {p.name: np.ones(p.units, bool) for p in producers}
     changed = True

@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lth_jax.selection import is_traced
+
 PyTree = Any
 
 #: Format name and version written into a saved mask's structure entry (see ``save``).
@@ -39,10 +41,6 @@ FILE_FORMAT = "lth_jax.mask"
 FILE_VERSION = 1
 #: The entry of a saved ``.npz`` that holds the JSON structure; no leaf may have this path.
 STRUCTURE_KEY = "__structure__"
-
-
-def _is_traced(x: Any) -> bool:
-    return isinstance(x, jax.core.Tracer)
 
 
 def _is_variable_value(entry: Any) -> bool:
@@ -112,7 +110,7 @@ def check_bool(mask: PyTree) -> None:
             raise TypeError(f"mask leaf '{path_str(path)}' has dtype {jnp.result_type(m)}; masks are bool")
 
 
-def _selection(mask: PyTree, prunable: PyTree | None) -> list:
+def selected_leaves(mask: PyTree, prunable: PyTree | None) -> list:
     """Per mask leaf: True/False (known now), or a traced bool scalar (known when the program runs).
 
     ``prunable`` leaves may be Python bools, NumPy/JAX scalars (nonzero = selected, so a tree of
@@ -130,7 +128,7 @@ def _selection(mask: PyTree, prunable: PyTree | None) -> list:
         if jnp.ndim(s) != 0:
             raise ValueError(f"prunable leaf '{path_str(path)}' has shape {jnp.shape(s)}; "
                              "prunable holds one scalar per leaf")
-        out.append(jnp.asarray(s) != 0 if _is_traced(s) else bool(np.asarray(s) != 0))
+        out.append(jnp.asarray(s) != 0 if is_traced(s) else bool(np.asarray(s) != 0))
     return out
 
 
@@ -163,7 +161,7 @@ def count(mask: PyTree, prunable: PyTree | None = None) -> tuple[jax.Array, int 
     check_bool(mask)
     alive = jnp.zeros((), jnp.int32)
     total: int | jax.Array = 0
-    for m, use in zip(jax.tree.leaves(mask), _selection(mask, prunable)):
+    for m, use in zip(jax.tree.leaves(mask), selected_leaves(mask, prunable)):
         if use is False:
             continue
         size = math.prod(jnp.shape(m))
@@ -203,12 +201,12 @@ def layer_density(mask: PyTree, prunable: PyTree | None = None) -> dict[str, flo
     check_bool(mask)
     out: dict[str, float | jax.Array] = {}
     flat = jax.tree_util.tree_flatten_with_path(mask)[0]
-    for (path, m), use in zip(flat, _selection(mask, prunable)):
+    for (path, m), use in zip(flat, selected_leaves(mask, prunable)):
         if use is False:
             continue
         if math.prod(jnp.shape(m)) == 0:
             value: float | jax.Array = 1.0
-        elif _is_traced(m) or use is not True:
+        elif is_traced(m) or use is not True:
             value = jnp.mean(m, dtype=jnp.float32)
         else:
             value = float(np.mean(np.asarray(m)))
@@ -237,7 +235,7 @@ def is_subset(mask_new: PyTree, mask_old: PyTree) -> bool | jax.Array:
     """
     check_matches(mask_old, mask_new)
     new, old = jax.tree.leaves(mask_new), jax.tree.leaves(mask_old)
-    if any(_is_traced(x) for x in new + old):
+    if any(is_traced(x) for x in new + old):
         return jnp.all(jnp.stack([jnp.all(~n | o) for n, o in zip(new, old)] or [jnp.bool_(True)]))
     return all(bool(np.all(~np.asarray(n) | np.asarray(o))) for n, o in zip(new, old))
 
@@ -249,8 +247,8 @@ def summary(mask: PyTree, prunable: PyTree | None = None) -> str:
     """
     check_bool(mask)
     flat = jax.tree_util.tree_flatten_with_path(mask)[0]
-    selected = _selection(mask, prunable)
-    if any(_is_traced(m) for _, m in flat) or any(not isinstance(s, bool) for s in selected):
+    selected = selected_leaves(mask, prunable)
+    if any(is_traced(m) for _, m in flat) or any(not isinstance(s, bool) for s in selected):
         raise TypeError("masks.summary makes text from concrete values; call it outside jax.jit "
                         "(for a traced mask use masks.density / masks.layer_density)")
     lines = []
@@ -358,7 +356,7 @@ def _encode(node: Any, prefix: tuple[str, ...], arrays: dict[str, np.ndarray]) -
     if not jax.tree_util.all_leaves([node]):
         raise TypeError(f"masks.save: cannot describe a {type(node).__name__} node at '{name}'; "
                         "masks are saved as nested dicts, lists, tuples and NNX states")
-    if _is_traced(node):
+    if is_traced(node):
         raise TypeError("masks.save writes concrete values; call it outside jax.jit")
     value = np.asarray(node)
     if value.dtype != np.bool_:

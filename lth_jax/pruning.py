@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from lth_jax import masks as masks_lib
+from lth_jax.selection import check_rate, is_traced, leaves_like, remove_lowest
 
 PyTree = Any
 Rules = Sequence[tuple[str, float]]
@@ -54,19 +55,6 @@ def prunable(params: PyTree, pattern: str = DEFAULT_PRUNABLE) -> PyTree:
 
 
 _prunable_fn = prunable  # rates_by_rule's keyword argument `prunable` shadows the function
-
-
-def _is_traced(x: Any) -> bool:
-    return isinstance(x, jax.core.Tracer)
-
-
-def _check_rate(rate: Any, where: str, allow_one: bool = True) -> None:
-    if _is_traced(rate):
-        return
-    value = float(rate)
-    upper_ok = value <= 1.0 if allow_one else value < 1.0
-    if not (value >= 0.0 and upper_ok):  # written so that NaN fails too
-        raise ValueError(f"pruning rate {rate!r} for {where} is outside [0, 1]")
 
 
 def _few(names: Sequence[str], limit: int = 5) -> str:
@@ -103,7 +91,7 @@ def rates_by_rule(params: PyTree, rules: Rules, prunable: PyTree | None = None) 
             pattern, rate = rule
         except (TypeError, ValueError):
             raise ValueError(f"pruning rule #{i} {rule!r} is not a (regex, rate) pair") from None
-        _check_rate(rate, f"rule #{i} {pattern!r}")
+        check_rate(rate, f"rule #{i} {pattern!r}")
         try:
             compiled.append((pattern, re.compile(pattern), float(rate)))
         except re.error as e:
@@ -112,7 +100,7 @@ def rates_by_rule(params: PyTree, rules: Rules, prunable: PyTree | None = None) 
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     names = [masks_lib.path_str(path) for path, _ in flat]
     selection = _prunable_fn(params) if prunable is None else prunable
-    selected = [bool(s) for s in _leaves(selection, params, "prunable")]
+    selected = [bool(s) for s in leaves_like(selection, params, "prunable")]
     owner: list[int | None] = []
     rates = []
     for name, use in zip(names, selected):
@@ -152,9 +140,9 @@ def per_round_rate(total: float, rounds: int) -> float | jax.Array:
     A Python float for Python arguments (``rounds`` a positive integer); a float32 array when an
     argument is traced (under ``jax.jit``), computed by the same formula.
     """
-    if _is_traced(total) or _is_traced(rounds):
+    if is_traced(total) or is_traced(rounds):
         return 1.0 - (1.0 - jnp.asarray(total, jnp.float32)) ** (1.0 / jnp.asarray(rounds, jnp.float32))
-    _check_rate(total, "per_round_rate(total)")
+    check_rate(total, "per_round_rate(total)")
     if int(rounds) != rounds or rounds < 1:
         raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
     return 1.0 - (1.0 - float(total)) ** (1.0 / int(rounds))
@@ -166,9 +154,9 @@ def compound_rate(rate: float, rounds: int) -> float | jax.Array:
     A Python float for Python arguments (``rounds`` an integer >= 0); a float32 array when an
     argument is traced.
     """
-    if _is_traced(rate) or _is_traced(rounds):
+    if is_traced(rate) or is_traced(rounds):
         return 1.0 - (1.0 - jnp.asarray(rate, jnp.float32)) ** jnp.asarray(rounds, jnp.float32)
-    _check_rate(rate, "compound_rate(rate)")
+    check_rate(rate, "compound_rate(rate)")
     if int(rounds) != rounds or rounds < 0:
         raise ValueError(f"rounds must be an integer >= 0, got {rounds!r}")
     return 1.0 - (1.0 - float(rate)) ** int(rounds)
@@ -180,43 +168,21 @@ def num_to_remove(rate: Any, alive: jax.Array) -> jax.Array:
     return jnp.round(product).astype(jnp.int32)
 
 
-def _remove_lowest(scores: jax.Array, alive: jax.Array, k: jax.Array) -> jax.Array:
-    """Flat bool mask: ``alive`` minus the ``k`` alive entries with the lowest score.
-
-    Sort key (dead, score, index): dead entries last, ties by index. O(n log n).
-    """
-    n = scores.shape[0]
-    index = jnp.arange(n, dtype=jnp.int32)
-    dead = (~alive).astype(jnp.int32)
-    # lax.sort orders NaN after +inf, giving the "NaN is largest" rule.
-    _, _, order = jax.lax.sort((dead, scores, index), num_keys=2, is_stable=True)
-    rank = jnp.zeros(n, jnp.int32).at[order].set(index)
-    return alive & (rank >= k)
-
-
-def _leaves(tree: PyTree, like: PyTree, what: str) -> list:
-    leaves = jax.tree.leaves(tree)
-    if len(leaves) != len(jax.tree.leaves(like)):
-        raise ValueError(f"{what} has {len(leaves)} leaves, the params/mask {len(jax.tree.leaves(like))}; "
-                         "make it with rates_by_rule/prunable from the same params")
-    return leaves
-
-
 def _prune_each_leaf(score_fn, mask: PyTree, rates: PyTree) -> PyTree:
-    """Apply ``_remove_lowest`` per leaf with ``k = round(rate · alive)``."""
+    """Apply ``selection.remove_lowest`` per leaf with ``k = round(rate · alive)``."""
     treedef = jax.tree.structure(mask)
     mask_leaves = jax.tree.leaves(mask)
-    rate_leaves = _leaves(rates, mask, "rates")
+    rate_leaves = leaves_like(rates, mask, "rates")
     paths = masks_lib.leaf_paths(mask)
     out = []
     for i, (path, m, rate) in enumerate(zip(paths, mask_leaves, rate_leaves)):
-        _check_rate(rate, f"leaf '{path}'")
-        if not isinstance(rate, jax.core.Tracer) and float(rate) == 0.0:
+        check_rate(rate, f"leaf '{path}'")
+        if not is_traced(rate) and float(rate) == 0.0:
             out.append(m)
             continue
         flat = m.reshape(-1)
         k = num_to_remove(rate, jnp.sum(flat, dtype=jnp.int32))
-        out.append(_remove_lowest(score_fn(i, path).reshape(-1), flat, k).reshape(m.shape))
+        out.append(remove_lowest(score_fn(i, path).reshape(-1), flat, k).reshape(m.shape))
     return jax.tree.unflatten(treedef, out)
 
 
@@ -249,20 +215,26 @@ def random(key: jax.Array, mask: PyTree, rates: PyTree) -> PyTree:
         mask, rates)
 
 
-def random_like(key: jax.Array, mask: PyTree) -> PyTree:
+def random_like(key: jax.Array, mask: PyTree, within: PyTree | None = None) -> PyTree:
     """A random mask with exactly as many survivors per leaf as ``mask``, at random positions.
 
     This is the random-pruning control for any strategy (layerwise or global): it keeps the ticket's
     per-layer densities. All-True leaves stay all-True. Same key, same mask.
+
+    ``within`` (a bool PyTree like ``mask``, each leaf with at least as many survivors): the
+    positions are drawn among its survivors only, e.g. random pruning of the network that
+    ``mask`` was pruned from (``mask`` ⊆ ``within``); None = among all positions.
     """
     masks_lib.check_bool(mask)
+    candidates = jax.tree.leaves(within) if within is not None else [None] * len(
+        jax.tree.leaves(mask))
     out = []
-    for i, m in enumerate(jax.tree.leaves(mask)):
+    for i, (m, c) in enumerate(zip(jax.tree.leaves(mask), candidates)):
         flat = m.reshape(-1)
-        full = jnp.ones_like(flat)
-        k = flat.shape[0] - jnp.sum(flat, dtype=jnp.int32)
+        pool = jnp.ones_like(flat) if c is None else c.reshape(-1)
+        k = jnp.sum(pool, dtype=jnp.int32) - jnp.sum(flat, dtype=jnp.int32)
         scores = jax.random.uniform(jax.random.fold_in(key, i), flat.shape)
-        out.append(_remove_lowest(scores, full, k).reshape(m.shape))
+        out.append(remove_lowest(scores, pool, k).reshape(m.shape))
     return jax.tree.unflatten(jax.tree.structure(mask), out)
 
 
@@ -283,9 +255,9 @@ def global_magnitude(params: PyTree, mask: PyTree, rate: float, prunable: PyTree
       The new mask. Pure; jit- and vmap-able.
     """
     masks_lib.check_matches(params, mask)
-    _check_rate(rate, "global_magnitude(rate)")
+    check_rate(rate, "global_magnitude(rate)")
     mask_leaves = jax.tree.leaves(mask)
-    selected = masks_lib._selection(mask, prunable)
+    selected = masks_lib.selected_leaves(mask, prunable)
     param_leaves = jax.tree.leaves(params)
     # Leaves known to be out stay out of the pool; a traced selection pools the leaf and decides
     # at run time whether its weights compete. Either way the pooled order is leaf order, then flat
@@ -298,7 +270,7 @@ def global_magnitude(params: PyTree, mask: PyTree, rate: float, prunable: PyTree
     alive = jnp.concatenate([(mask_leaves[i] if selected[i] is True else mask_leaves[i] & selected[i])
                              .reshape(-1) for i in chosen])
     k = num_to_remove(rate, jnp.sum(alive, dtype=jnp.int32))
-    kept = _remove_lowest(scores, alive, k)
+    kept = remove_lowest(scores, alive, k)
     out = list(mask_leaves)
     offset = 0
     for i in chosen:

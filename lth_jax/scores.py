@@ -29,7 +29,7 @@ Pruned weights never come back (masks only shrink): if a mask already has ``keep
 survivors it is returned unchanged. Leaves outside ``prunable`` are never touched. Ties at the
 threshold are broken by position exactly as in :mod:`lth_jax.pruning` (among equal scores the
 weight that comes first — earlier leaf, then lower row-major index — is removed first; NaN counts
-as the largest score). The selection reuses ``pruning._remove_lowest`` for that reason.
+as the largest score). The selection uses ``selection.keep_highest`` (pruning's core) for that reason.
 
 **Cost** (for comparing with IMP's full trainings), per call: ``snip`` — one forward+backward
 pass per batch; ``grasp`` — one forward+backward per batch for g, then one forward-over-reverse
@@ -61,6 +61,7 @@ import jax.numpy as jnp
 
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
+from lth_jax.selection import is_traced, keep_highest
 
 PyTree = Any
 Allocation = Literal["global", "layerwise"]
@@ -76,12 +77,8 @@ EARLY_BIRD_WINDOW = 5
 SYNFLOW_ROUNDS = 100
 
 
-def _is_traced(x: Any) -> bool:
-    return isinstance(x, jax.core.Tracer)
-
-
 def _check_fraction(value: Any, what: str) -> None:
-    if _is_traced(value):
+    if is_traced(value):
         return
     v = float(value)
     if not 0.0 <= v <= 1.0:  # NaN fails too
@@ -95,16 +92,6 @@ def _is_scalar(tree: Any) -> bool:
 def _score_dtype(x: jax.Array) -> Any:
     # Rank in at least float32 (as pruning does); keep float64 scores (SynFlow with x64) as they are.
     return jnp.promote_types(jnp.result_type(x), jnp.float32)
-
-
-def _keep_highest(scores: jax.Array, alive: jax.Array, keep: jax.Array) -> jax.Array:
-    """Flat bool mask: of the ``alive`` entries, keep the ``keep`` with the highest ``scores``.
-
-    Removes ``max(Σ alive − keep, 0)`` lowest-scoring alive entries with the pruning core's sort
-    (dead last, then score, then index), so ties and NaNs follow the same rule.
-    """
-    remove = jnp.maximum(jnp.sum(alive, dtype=jnp.int32) - keep, 0)
-    return pruning._remove_lowest(scores, alive, remove)
 
 
 def _count(fraction: Any, n: Any) -> jax.Array:
@@ -138,7 +125,7 @@ def mask_from_scores(scores: PyTree, mask: PyTree, density: Any, prunable: PyTre
         raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
     mask_leaves = jax.tree.leaves(mask)
     score_leaves = jax.tree.leaves(scores)
-    selected = masks_lib._selection(mask, prunable)
+    selected = masks_lib.selected_leaves(mask, prunable)
     treedef = jax.tree.structure(mask)
 
     if allocation == "global":
@@ -158,7 +145,7 @@ def mask_from_scores(scores: PyTree, mask: PyTree, density: Any, prunable: PyTre
         for i in chosen:
             size = math.prod(mask_leaves[i].shape)
             total = total + (size if selected[i] is True else jnp.where(selected[i], size, 0))
-        kept = _keep_highest(flat_scores, alive, _count(density, total))
+        kept = keep_highest(flat_scores, alive, _count(density, total))
         out = list(mask_leaves)
         offset = 0
         for i in chosen:
@@ -184,11 +171,11 @@ def mask_from_scores(scores: PyTree, mask: PyTree, density: Any, prunable: PyTre
         if jnp.ndim(d) != 0:
             raise ValueError(f"density for '{path}' has shape {jnp.shape(d)}; one scalar per leaf")
         _check_fraction(d, f"density for '{path}'")
-        if not _is_traced(d) and float(d) == 1.0:
+        if not is_traced(d) and float(d) == 1.0:
             out.append(m)  # keeps every weight: nothing to sort
             continue
         flat = m.reshape(-1)
-        new = _keep_highest(s.astype(_score_dtype(s)).reshape(-1), flat,
+        new = keep_highest(s.astype(_score_dtype(s)).reshape(-1), flat,
                             _count(d, flat.shape[0])).reshape(m.shape)
         out.append(new if use is True else jnp.where(use, new, m))
     return jax.tree.unflatten(treedef, out)
@@ -217,7 +204,7 @@ def densities_from_rates(rates: PyTree, rounds: int = 1) -> PyTree:
 
     def one(rate: Any) -> Any:
         _check_fraction(rate, "rate")
-        if _is_traced(rate):
+        if is_traced(rate):
             return (1.0 - jnp.asarray(rate, jnp.float32)) ** int(rounds)
         return (1.0 - float(rate)) ** int(rounds)
 
@@ -304,7 +291,7 @@ def grasp_scores(loss_fn: LossFn, params: PyTree, mask: PyTree, batches: PyTree,
     masks_lib.check_matches(params, mask)
     grad = _masked_grad(loss_fn, mask)
     g = _mean_over_batches(lambda b: grad(params, b), batches, params)
-    selected = masks_lib._selection(mask, prunable)
+    selected = masks_lib.selected_leaves(mask, prunable)
     g = jax.tree.unflatten(jax.tree.structure(g), [
         x if s is True else jnp.zeros_like(x) if s is False else jnp.where(s, x, jnp.zeros_like(x))
         for x, s in zip(jax.tree.leaves(g), selected)])
@@ -497,9 +484,9 @@ def early_bird_update(state: EarlyBirdState, mask: PyTree, prunable: PyTree,
       The new state. Pure; jit- and vmap-able.
     """
     masks_lib.check_matches(state.previous, mask)
-    if not _is_traced(epsilon) and not float(epsilon) >= 0.0:
+    if not is_traced(epsilon) and not float(epsilon) >= 0.0:
         raise ValueError(f"epsilon must be >= 0, got {epsilon!r}")
-    if not _is_traced(window) and (int(window) != window or window < 1):
+    if not is_traced(window) and (int(window) != window or window < 1):
         raise ValueError(f"window must be an integer >= 1, got {window!r}")
     distance = jnp.where(state.evaluations > 0, hamming_distance(mask, state.previous, prunable),
                          jnp.float32(jnp.inf))

@@ -73,6 +73,7 @@ import numpy as np
 
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
+from lth_jax.selection import check_rate, is_traced, leaves_like, remove_lowest
 
 PyTree = Any
 #: ``(producer, consumer)`` layer paths; see the module docstring.
@@ -83,8 +84,6 @@ NORMALIZATIONS = ("fan_in", "none")
 PARTIAL = ("error", "pad")
 
 
-def _is_traced(x: Any) -> bool:
-    return isinstance(x, jax.core.Tracer)
 
 
 # ----------------------------------------------------------------------------- N:M
@@ -93,7 +92,7 @@ def _is_traced(x: Any) -> bool:
 def _check_nm(n: Any, m: Any, partial: str) -> None:
     if not isinstance(m, (int, np.integer)) or isinstance(m, bool) or m < 1:
         raise ValueError(f"m must be a positive Python int (it fixes the group shape), got {m!r}")
-    if not _is_traced(n):
+    if not is_traced(n):
         if int(n) != n or not 0 <= int(n) <= m:
             raise ValueError(f"n must be an integer in [0, m={m}], got {n!r}")
     if partial not in PARTIAL:
@@ -147,10 +146,10 @@ def _nm_apply(params: PyTree, mask: PyTree, rates: PyTree, m: int, partial: str,
     masks_lib.check_matches(params, mask)
     param_leaves = jax.tree.leaves(params)
     mask_leaves = jax.tree.leaves(mask)
-    rate_leaves = pruning._leaves(rates, mask, "rates")
+    rate_leaves = leaves_like(rates, mask, "rates")
     out = []
     for path, p, mk, rate in zip(masks_lib.leaf_paths(mask), param_leaves, mask_leaves, rate_leaves):
-        static = not _is_traced(rate)
+        static = not is_traced(rate)
         if static and float(rate) == 0.0:
             out.append(mk)
             continue
@@ -220,9 +219,9 @@ def nm_iterative(params: PyTree, mask: PyTree, rates: PyTree, rounds: int | jax.
       The new bool mask, a subset of ``mask``. Pure; jit- and vmap-able.
     """
     _check_nm(n, m, partial)
-    if not _is_traced(rounds) and (int(rounds) != rounds or rounds < 0):
+    if not is_traced(rounds) and (int(rounds) != rounds or rounds < 0):
         raise ValueError(f"rounds must be an integer >= 0, got {rounds!r}")
-    if not _is_traced(step) and (int(step) != step or step < 1):
+    if not is_traced(step) and (int(step) != step or step < 1):
         raise ValueError(f"step must be a positive integer, got {step!r}")
     n_ = jnp.asarray(n, jnp.int32)
     removed = jnp.asarray(step, jnp.int32) * jnp.asarray(rounds, jnp.int32)
@@ -248,7 +247,7 @@ def is_nm(mask: PyTree, n: int, m: int, prunable: PyTree | None = None, *,
     input axis, makes the result False). A Python bool on concrete values, a bool array under jit.
     """
     _check_nm(n, m, partial)
-    selection = masks_lib._selection(mask, pruning.prunable(mask) if prunable is None else prunable)
+    selection = masks_lib.selected_leaves(mask, pruning.prunable(mask) if prunable is None else prunable)
     results = []
     for path, mk, use in zip(masks_lib.leaf_paths(mask), jax.tree.leaves(mask), selection):
         if use is False:
@@ -271,7 +270,7 @@ def is_nm(mask: PyTree, n: int, m: int, prunable: PyTree | None = None, *,
     if not results:
         return True
     every = jnp.all(jnp.stack(results))
-    if any(_is_traced(x) for x in results):
+    if any(is_traced(x) for x in results):
         return every
     return bool(every)
 
@@ -316,7 +315,7 @@ def sequential_links(params: PyTree) -> tuple[tuple[str, str], ...]:
     if len(order) < 2:
         raise ValueError(f"sequential_links: need at least two layers, found {order}")
     links = tuple(zip(order[:-1], order[1:]))
-    _resolve(params, links)  # checks kernels and shapes
+    resolve_links(params, links)  # checks kernels and shapes
     return links
 
 
@@ -328,7 +327,7 @@ class _Producer:
         self.consumers: list[int] = []
 
 
-def _resolve(tree: PyTree, links: Links) -> list[_Producer]:
+def resolve_links(tree: PyTree, links: Links) -> list[_Producer]:
     """Validate ``links`` against ``tree``'s paths and shapes; producers in order of first mention."""
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     index = {masks_lib.path_str(path): i for i, (path, _) in enumerate(flat)}
@@ -374,7 +373,7 @@ def _resolve(tree: PyTree, links: Links) -> list[_Producer]:
 
 
 def _links(tree: PyTree, links: Links | None) -> list[_Producer]:
-    return _resolve(tree, sequential_links(tree) if links is None else links)
+    return resolve_links(tree, sequential_links(tree) if links is None else links)
 
 
 def alive_units(mask: PyTree, links: Links | None = None) -> dict[str, jax.Array]:
@@ -422,7 +421,7 @@ def is_consistent(mask: PyTree, links: Links | None = None) -> bool | jax.Array:
             rows = _consumer_rows(dead, leaves[c].shape[-2])
             checks.append(~jnp.any(jnp.moveaxis(leaves[c], -2, -1) & rows))
     every = jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
-    return every if any(_is_traced(x) for x in leaves) else bool(every)
+    return every if any(is_traced(x) for x in leaves) else bool(every)
 
 
 # ----------------------------------------------------------------------------- neuron pruning
@@ -466,19 +465,19 @@ def neuron_magnitude(params: PyTree, mask: PyTree, rates: PyTree, *, links: Link
     """
     masks_lib.check_matches(params, mask)
     producers = _links(params, links)
-    rate_leaves = pruning._leaves(rates, mask, "rates")
+    rate_leaves = leaves_like(rates, mask, "rates")
     scores = _unit_scores(params, mask, producers, norm)
     out = list(jax.tree.leaves(mask))
     deaths = []
     for p, score in zip(producers, scores):
         rate = rate_leaves[p.kernel]
-        pruning._check_rate(rate, f"layer '{p.name}'")
-        if not _is_traced(rate) and float(rate) == 0.0:
+        check_rate(rate, f"layer '{p.name}'")
+        if not is_traced(rate) and float(rate) == 0.0:
             continue
         alive = jnp.any(out[p.kernel].reshape(-1, p.units), axis=0)
         k = pruning.num_to_remove(rate, jnp.sum(alive, dtype=jnp.int32))
-        dead = ~pruning._remove_lowest(score, alive, k)
-        deaths.append((p, dead if not _is_traced(rate) else dead & (rate != 0)))
+        dead = ~remove_lowest(score, alive, k)
+        deaths.append((p, dead if not is_traced(rate) else dead & (rate != 0)))
     # Decide every layer's units first (above, from the mask as given), then remove: a consumer's
     # lost rows must not change which of its own units are alive in this round.
     for p, dead in deaths:
@@ -511,11 +510,11 @@ def global_neuron_magnitude(params: PyTree, mask: PyTree, rate: float | jax.Arra
       The new mask, a subset of ``mask``. Pure; jit- and vmap-able.
     """
     masks_lib.check_matches(params, mask)
-    pruning._check_rate(rate, "global_neuron_magnitude(rate)")
+    check_rate(rate, "global_neuron_magnitude(rate)")
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     producers = _links(params, links)
-    selected = masks_lib._selection(mask, prunable)
+    selected = masks_lib.selected_leaves(mask, prunable)
     chosen = [p for p in producers if selected[p.kernel] is not False]
     if not chosen:
         return mask
@@ -530,7 +529,7 @@ def global_neuron_magnitude(params: PyTree, mask: PyTree, rate: float | jax.Arra
         alive.append(a if selected[p.kernel] is True else a & selected[p.kernel])
     pooled_alive = jnp.concatenate(alive)
     k = pruning.num_to_remove(rate, jnp.sum(pooled_alive, dtype=jnp.int32))
-    kept = pruning._remove_lowest(jnp.concatenate(scores), pooled_alive, k)
+    kept = remove_lowest(jnp.concatenate(scores), pooled_alive, k)
     offset = 0
     for p in chosen:
         dead = ~kept[offset:offset + p.units]
