@@ -1,18 +1,26 @@
-"""Results of a lottery-ticket experiment -> table (markdown, CSV) and plots (PNG).
+"""Results of a lottery-ticket experiment -> tables (markdown, CSV) and plots (PNG).
 
 Reads a work directory written by `lth_jax.lottery` (``config.json`` and ``results.jsonl``, one JSON
 record per finished (trial, level, variant) run) and writes, into the same directory:
 
-- ``report.md``: the dense baseline, a table by pruning level (test accuracy at the early-stopping
-  iteration, final test accuracy, early-stopping iteration: mean [min–max] over trials, per variant),
-  the runs still missing compared with ``config.json`` and the runs that diverged;
+- ``report.md``: the dense baseline; a table by pruning level (test accuracy at the early-stopping
+  iteration, final test accuracy, early-stopping iteration per variant: mean ± the half-width of
+  the 95% confidence interval over trials, Student's t, with the SD beside it); the paired
+  differences per density (ticket − each control, each variant − dense, within a trial); the
+  winning-ticket verdict built on those intervals (`lth_jax.stats.winning_verdict`); how many early
+  stops are censored (at the run's last evaluation: a lower bound); the runs still missing
+  compared with ``config.json``, and the runs that diverged or were skipped;
 - ``results.csv``: one row per (level, variant) with the summary numbers;
 - ``accuracy_vs_density.png``, ``early_stop_vs_density.png``, ``curves.png``: the paper's figures
-  (Frankle & Carbin 2019, Figs. 3–5): test accuracy at early stop and early-stopping iteration against
-  the percent of weights remaining (log axis, 100% on the left), and test accuracy against training
-  iteration for a few levels. Error bars are the minimum and maximum over trials.
+  (Frankle & Carbin 2019, Figs. 3–5): test accuracy at early stop and early-stopping iteration
+  against the percent of weights remaining (log axis, 100% on the left), and test accuracy against
+  training iteration for a few levels. Error bars are 95% confidence intervals of the mean; points
+  with censored early stops are ringed, and the budget (``train.iterations``) is drawn where early
+  stops come near it.
 
-It works on a workdir that is still being written (partial results; a half-written last line).
+It works on a workdir that is still being written (partial results; a half-written last line), and
+on any records that parse: values that are missing, null, non-finite, out of range (an accuracy
+outside [0, 1], a 400-digit integer) or of the wrong type are left out and counted.
 
 Command line::
 
@@ -26,14 +34,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 import os
 import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+from lth_jax import stats
 from lth_jax import workdir as workdir_lib
 
 RESULTS_FILE = workdir_lib.RESULTS
@@ -57,6 +65,15 @@ _MARKERS = {"ticket": "o", "reinit": "s", "random_prune": "^"}
 _COLORS = {"ticket": "tab:blue", "reinit": "tab:orange", "random_prune": "tab:green"}
 
 _METRICS = ("test_accuracy_at_early_stop", "final_test_accuracy", "early_stop_iteration")
+_ACCURACIES = ("test_accuracy_at_early_stop", "final_test_accuracy")
+#: The largest iteration taken as a number (float64 holds every integer up to it exactly).
+_MAX_ITERATION = 2 ** 53
+#: Config fields the report reads as counts: (keys, smallest allowed value). Larger values than
+#: _MAX_COUNT are refused too: expected_runs lists every run.
+_CONFIG_COUNTS = ((("trials",), 1), (("prune", "levels"), 0), (("train", "iterations"), 1),
+                  (("train", "eval_every"), 1))
+_MAX_COUNT = 1_000_000
+_ERROR_BARS = "error bars: 95% confidence interval of the mean over trials (Student's t)"
 
 
 class ResultsWarning(UserWarning):
@@ -101,8 +118,47 @@ def load_results(workdir: str | os.PathLike) -> list[dict]:
 
 def load_config(workdir: str | os.PathLike) -> dict | None:
     """Reads ``WORKDIR/config.json`` (the resolved experiment config); None if there is none.
-    Raises ValueError if it is not a JSON object."""
-    return workdir_lib.read_config(_check_workdir(workdir))
+
+    Raises:
+      ValueError: it is not a JSON object, or a field the report counts with (``trials``,
+        ``prune.levels``, ``train.iterations``, ``train.eval_every``) is not a whole number in
+        range; the message is one line naming the file and the field.
+    """
+    workdir = _check_workdir(workdir)
+    config = workdir_lib.read_config(workdir)
+    if config is not None:
+        check_config(config, os.path.join(workdir, CONFIG_FILE))
+    return config
+
+
+def check_config(config: Mapping, path: str = CONFIG_FILE) -> None:
+    """Raises ``ValueError`` (one line: `path`, the field, the value) if a count the report uses is
+    not an integer from its minimum to 1,000,000 (``"trials": "two"``, ``"trials": 0``), or if the
+    experiment would have more than 10,000,000 runs."""
+    for keys, least in _CONFIG_COUNTS:
+        if not _has(config, *keys):
+            continue
+        value = _get(config, *keys)
+        if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= _MAX_COUNT:
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise workdir_lib.WorkdirError(
+                f"{path}: field {'.'.join(keys)!r} must be an integer from {least} to "
+                f"{_MAX_COUNT:,}, got {shown}")
+    runs = _get(config, "trials", default=1) * (1 + len(VARIANTS) * _get(config, "prune", "levels",
+                                                                          default=0))
+    if runs > 10 * _MAX_COUNT:
+        raise workdir_lib.WorkdirError(
+            f"{path}: fields 'trials' and 'prune.levels' ask for up to {runs:,} runs; the report "
+            f"lists at most {10 * _MAX_COUNT:,}")
+
+
+def _has(config: Mapping | None, *keys: str) -> bool:
+    node: Any = config
+    for key in keys:
+        if not isinstance(node, Mapping) or key not in node:
+            return False
+        node = node[key]
+    return True
 
 
 def _get(config: Mapping | None, *keys: str, default: Any = None) -> Any:
@@ -168,23 +224,86 @@ def missing_runs(config: Mapping, records: Iterable[Mapping]) -> list[tuple[int,
 
 
 # --------------------------------------------------------------------------------------------------
+# Values
+# --------------------------------------------------------------------------------------------------
+
+
+def _finite(value: Any) -> bool:
+    """A JSON number that is a finite float (a 400-digit integer is not: it has no float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _valid(metric: str, value: Any) -> bool:
+    """`value` is usable as `metric`: an accuracy in [0, 1], an iteration in [0, 2**53]."""
+    if not _finite(value):
+        return False
+    upper = 1.0 if metric in _ACCURACIES or metric.endswith("accuracy") else _MAX_ITERATION
+    return 0.0 <= float(value) <= upper
+
+
+def _density(record: Mapping) -> float | None:
+    value = record.get("density")
+    return float(value) if _finite(value) and 0.0 < float(value) <= 1.0 else None
+
+
+def _iterations(value: Any) -> list[float | None]:
+    """A record's list of iterations, an unusable entry as None (so that positions still line up)."""
+    if not isinstance(value, list):
+        return []
+    return [float(x) if _valid("iteration", x) else None for x in value]
+
+
+def last_evaluation(record: Mapping, budget: float | None = None) -> float | None:
+    """The iteration of a run's last evaluation: the largest of its ``eval_iterations``, else
+    `budget` (``train.iterations``); None if neither is known."""
+    its = [x for x in _iterations(record.get("eval_iterations")) if x is not None]
+    return max(its) if its else budget
+
+
+def is_censored(record: Mapping, budget: float | None = None) -> bool:
+    """Whether an "ok" run's early stop is censored (`lth_jax.stats.censored`): its minimum
+    validation loss came at its last evaluation, so the true early stop is there or later."""
+    es = record.get("early_stop_iteration")
+    last = last_evaluation(record, budget)
+    return (_is_ok(record) and _valid("early_stop_iteration", es) and last is not None
+            and stats.censored(float(es), last))
+
+
+def _budget(config: Mapping | None) -> float | None:
+    value = _get(config, "train", "iterations")
+    return float(value) if _valid("iteration", value) and value > 0 else None
+
+
+# --------------------------------------------------------------------------------------------------
 # Summary
 # --------------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class Stat:
-    """Mean, minimum and maximum over trials; all None when no trial has a value."""
+    """One metric over trials (`lth_jax.stats.mean_ci`): n values, their mean, sample SD, 95%
+    confidence interval [low, high] = mean ∓ half_width (Student's t), minimum and maximum. Fields
+    are None where undefined: all of them for n = 0, the SD and the interval for n = 1."""
 
-    mean: float | None
-    min: float | None
-    max: float | None
+    n: int = 0
+    mean: float | None = None
+    sd: float | None = None
+    low: float | None = None
+    high: float | None = None
+    half_width: float | None = None
+    min: float | None = None
+    max: float | None = None
 
     @classmethod
     def of(cls, values: Sequence[float]) -> "Stat":
-        if not values:
-            return cls(None, None, None)
-        return cls(sum(values) / len(values), min(values), max(values))
+        e = stats.mean_ci(values)
+        return cls(e.n, e.mean, e.sd, e.low, e.high, e.half_width,
+                   min(values) if values else None, max(values) if values else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +313,8 @@ class SummaryRow:
     `density` is the mean over all of its records (a property of the mask, so diverged runs count);
     the three `Stat` fields are over the records with status "ok" only, whose number is `n`.
     `n_diverged` counts the runs that diverged, `n_skipped` those not trained because their trial's
-    ticket diverged at an earlier level.
+    ticket diverged at an earlier level. `values` holds each metric's value per trial (for paired
+    differences); `censored_trials` the trials whose early stop is censored (`is_censored`).
     """
 
     level: int
@@ -209,10 +329,16 @@ class SummaryRow:
     diverged_trials: tuple[int, ...]
     n_skipped: int = 0
     skipped_trials: tuple[int, ...] = ()
+    censored_trials: tuple[int, ...] = ()
+    values: Mapping[str, Mapping[int, float]] = dataclasses.field(default_factory=dict)
 
     @property
     def percent_remaining(self) -> float:
         return 100.0 * self.density
+
+    @property
+    def n_censored(self) -> int:
+        return len(self.censored_trials)
 
     def as_dict(self) -> dict[str, Any]:
         """A flat dict (the CSV row): accuracies as fractions in [0, 1], None where undefined."""
@@ -224,18 +350,20 @@ class SummaryRow:
             "n": self.n,
             "n_diverged": self.n_diverged,
             "n_skipped": self.n_skipped,
+            "n_censored": self.n_censored,
         }
         for metric in _METRICS:
             stat = getattr(self, metric)
-            out[f"{metric}_mean"] = stat.mean
-            out[f"{metric}_min"] = stat.min
-            out[f"{metric}_max"] = stat.max
+            for field, value in zip(_STAT_COLUMNS, (stat.mean, stat.low, stat.high, stat.sd,
+                                                    stat.min, stat.max)):
+                out[f"{metric}_{field}"] = value
         return out
 
 
+_STAT_COLUMNS = ("mean", "ci95_low", "ci95_high", "sd", "min", "max")
 CSV_COLUMNS = tuple(
-    ["level", "variant", "density", "percent_remaining", "n", "n_diverged", "n_skipped"]
-    + [f"{m}_{s}" for m in _METRICS for s in ("mean", "min", "max")]
+    ["level", "variant", "density", "percent_remaining", "n", "n_diverged", "n_skipped",
+     "n_censored"] + [f"{m}_{s}" for m in _METRICS for s in _STAT_COLUMNS]
 )
 
 
@@ -251,17 +379,14 @@ def _is_skipped(record: Mapping) -> bool:
     return record.get("status") == "skipped"
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def summarize(records: Iterable[Mapping]) -> list[SummaryRow]:
+def summarize(records: Iterable[Mapping], budget: float | None = None) -> list[SummaryRow]:
     """One `SummaryRow` per (level, variant) present in `records`, sorted by level then variant.
 
     Records whose ``status`` is not "ok" are excluded from the statistics and counted in
     `n_skipped` ("skipped": not trained) or `n_diverged` (any other); a missing ``status`` means
-    "ok". Null or non-finite metric values of an
-    "ok" record are skipped for that metric.
+    "ok". A metric value of an "ok" record that is missing, null, not a finite number or out of
+    range (`invalid_values` counts them) is left out of that metric. `budget` (``train.iterations``)
+    decides censoring for records without ``eval_iterations``.
     """
     groups: dict[tuple[int, str], list[Mapping]] = {}
     for r in records:
@@ -272,23 +397,107 @@ def summarize(records: Iterable[Mapping]) -> list[SummaryRow]:
         ok = [r for r in group if _is_ok(r)]
         bad = [r for r in group if not _is_ok(r) and not _is_skipped(r)]
         skipped = [r for r in group if _is_skipped(r)]
-        densities = [float(r["density"]) for r in group if _finite(r.get("density"))]
-        stats = {m: Stat.of([float(r[m]) for r in ok if _finite(r.get(m))]) for m in _METRICS}
+        densities = [d for d in map(_density, group) if d is not None]
+        values = {m: {int(r["trial"]): float(r[m]) for r in ok if _valid(m, r.get(m))}
+                  for m in _METRICS}
         rows.append(
             SummaryRow(
                 level=level,
                 variant=variant,
-                density=sum(densities) / len(densities) if densities else float("nan"),
+                density=math.fsum(densities) / len(densities) if densities else float("nan"),
                 n=len(ok),
                 n_diverged=len(bad),
                 trials=tuple(int(r["trial"]) for r in ok),
                 diverged_trials=tuple(int(r["trial"]) for r in bad),
                 n_skipped=len(skipped),
                 skipped_trials=tuple(int(r["trial"]) for r in skipped),
-                **stats,
+                censored_trials=tuple(int(r["trial"]) for r in ok if is_censored(r, budget)),
+                values=values,
+                **{m: Stat.of(list(values[m].values())) for m in _METRICS},
             )
         )
     return rows
+
+
+def invalid_values(records: Iterable[Mapping]) -> int:
+    """How many metric values of "ok" records the summary leaves out as unusable (present but not a
+    finite number in range: an accuracy of 1.5, a NaN, a 400-digit integer, a string)."""
+    return sum(1 for r in records if _is_ok(r) for m in _METRICS
+               if r.get(m) is not None and not _valid(m, r.get(m)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Paired differences and the verdict
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """The paired difference `a` − `b` of `metric` over the trials both have (`stats.Estimate`);
+    `a` and `b` are (level, variant)."""
+
+    a: tuple[int, str]
+    b: tuple[int, str]
+    metric: str
+    estimate: stats.Estimate
+
+
+def paired(rows: Sequence[SummaryRow], a: tuple[int, str], b: tuple[int, str], metric: str) -> Pair:
+    """`a` − `b` (each a (level, variant)) of `metric`, within each trial both have
+    (`lth_jax.stats.paired_difference`). Level 0's "ticket" is the dense network."""
+    by = {(r.level, r.variant): r for r in rows}
+    left = by[a].values.get(metric, {}) if a in by else {}
+    right = by[b].values.get(metric, {}) if b in by else {}
+    return Pair(a, b, metric, stats.paired_difference(left, right))
+
+
+def stop_margin(config: Mapping | None, records: Sequence[Mapping] = ()) -> float:
+    """The verdict's early-stop margin m: one evaluation interval (``train.eval_every``; else the
+    smallest gap between a record's evaluations; else 0). Early stops are only known to that
+    resolution."""
+    every = _get(config, "train", "eval_every")
+    if _valid("iteration", every) and every > 0:
+        return float(every)
+    for r in records:
+        its = sorted({x for x in _iterations(r.get("eval_iterations")) if x is not None})
+        gaps = [b - a for a, b in zip(its, its[1:])]
+        if gaps:
+            return min(gaps)
+    return 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Judgement:
+    """The winning-ticket verdict on one (level, variant) with the paired intervals it rests on."""
+
+    level: int
+    variant: str
+    accuracy: stats.Estimate
+    early_stop: stats.Estimate
+    verdict: stats.Verdict
+
+
+def verdicts(rows: Sequence[SummaryRow], margin: float,
+             accuracy_margin: float = stats.ACCURACY_MARGIN) -> list[Judgement]:
+    """`lth_jax.stats.winning_verdict` for every (level ≥ 1, variant) against the dense network of
+    the same trials: ticket − dense test accuracy at early stop and early-stopping iteration.
+    Controls are judged by the same rule, which shows how much the rule itself lets through."""
+    dense = next((r for r in rows if r.level == 0 and r.variant == "ticket"), None)
+    if dense is None:
+        return []
+    out = []
+    for r in rows:
+        if r.level == 0:
+            continue
+        acc = paired(rows, (r.level, r.variant), (0, "ticket"), "test_accuracy_at_early_stop")
+        stop = paired(rows, (r.level, r.variant), (0, "ticket"), "early_stop_iteration")
+        common = set(r.values["early_stop_iteration"]) & set(dense.values["early_stop_iteration"])
+        verdict = stats.winning_verdict(
+            acc.estimate, stop.estimate, stop_margin=margin, accuracy_margin=accuracy_margin,
+            ticket_censored=bool(common & set(r.censored_trials)),
+            dense_censored=bool(common & set(dense.censored_trials)))
+        out.append(Judgement(r.level, r.variant, acc.estimate, stop.estimate, verdict))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -310,33 +519,73 @@ def _fmt_percent(p: float) -> str:
     return f"{p:.1f}" if p >= 1 else f"{p:.2g}"
 
 
-def _fmt_acc(x: float | None) -> str:
+def _fmt_acc(x: float) -> str:
     return f"{100.0 * x:.2f}"
 
 
 def _fmt_iter(x: float) -> str:
-    return str(int(round(x))) if abs(x - round(x)) < 1e-9 else f"{x:.1f}"
+    # Early stops fall on evaluations: a mean of them is not known below one iteration.
+    return f"{x:.0f}"
 
 
-def _fmt_stat(stat: Stat, fmt, n: int) -> str:
+def _fmt_spread(x: float) -> str:
+    return f"{x:.0f}"
+
+
+def _fmt_stat(stat: Stat, fmt, spread=None) -> str:
+    """"mean ± half-width (SD sd)"; the value alone for one trial; "—" for none."""
+    spread = spread or fmt
     if stat.mean is None:
         return "—"
-    if n > 1:
-        return f"{fmt(stat.mean)} [{fmt(stat.min)}–{fmt(stat.max)}]"
-    return fmt(stat.mean)
+    if stat.half_width is None:
+        return fmt(stat.mean)
+    return f"{fmt(stat.mean)} ± {spread(stat.half_width)} (SD {spread(stat.sd)})"
+
+
+def _fmt_diff(e: stats.Estimate, accuracy: bool, n_full: int | None = None) -> str:
+    """A paired difference: "+0.52 ± 0.72 (p 0.09)", in pp for accuracies; "—" for no pair."""
+    if e.mean is None:
+        return "—"
+    scale, digits = (100.0, 2) if accuracy else (1.0, 0)
+    text = f"{scale * e.mean:+.{digits}f}"
+    if e.half_width is not None:
+        text += f" ± {scale * e.half_width:.{digits}f} (p {_fmt_p(e.p)})"
+    if n_full is not None and e.n < n_full:
+        text += f" (n={e.n})"
+    return text
+
+
+def _fmt_p(p: float | None) -> str:
+    if p is None:
+        return "—"
+    return "<0.001" if p < 0.001 else f"{p:.2g}"
 
 
 def _ordered_variants(rows: Iterable[SummaryRow]) -> list[str]:
     return sorted({r.variant for r in rows}, key=_variant_rank)
 
 
+def _by_level(rows: Iterable[SummaryRow]) -> dict[int, dict[str, SummaryRow]]:
+    by_level: dict[int, dict[str, SummaryRow]] = {}
+    for r in rows:
+        by_level.setdefault(r.level, {})[r.variant] = r
+    return dict(sorted(by_level.items()))
+
+
+def _level_percent(cells: Mapping[str, SummaryRow]) -> str:
+    first = cells.get("ticket") or next(iter(cells.values()))
+    return format_percent_remaining(first.density)
+
+
 def format_table(rows: Sequence[SummaryRow], trials: int | None = None) -> str:
     """A markdown table, one line per level, with for each variant three columns: test accuracy at
     the early-stopping iteration and final test accuracy (percent, 2 decimals) and the early-stopping
-    iteration, each "mean [min–max]" over trials (just the value when there is one trial).
+    iteration, each "mean ± half-width (SD sd)": the 95% confidence interval of the mean over trials
+    (Student's t) and the sample SD; just the value when there is one trial.
 
     A cell whose (level, variant) has fewer than `trials` finished runs (default: the largest count
-    in `rows`) or diverged or skipped runs says so, e.g. "97.50 (n=1, 1 diverged)". "—" = no value.
+    in `rows`) or diverged or skipped runs says so, e.g. "97.50 (n=1, 1 diverged)"; an early-stop
+    cell says how many of its early stops are censored ("1 censored"). "—" = no value.
     """
     variants = _ordered_variants(rows)
     if trials is None:
@@ -346,31 +595,93 @@ def format_table(rows: Sequence[SummaryRow], trials: int | None = None) -> str:
         label = VARIANT_LABELS.get(v, v)
         header += [f"{label}: test acc @ early stop (%)", f"{label}: final test acc (%)",
                    f"{label}: early-stop iteration"]
-    by_level: dict[int, dict[str, SummaryRow]] = {}
-    for r in rows:
-        by_level.setdefault(r.level, {})[r.variant] = r
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---:"] * len(header)) + "|"]
-    for level in sorted(by_level):
-        cells = by_level[level]
-        first = cells.get("ticket") or next(iter(cells.values()))
-        line = [str(level), format_percent_remaining(first.density)]
+    for level, cells in _by_level(rows).items():
+        line = [str(level), _level_percent(cells)]
         for v in variants:
             r = cells.get(v)
             if r is None:
                 line += ["—"] * 3
                 continue
-            acc = _fmt_stat(r.test_accuracy_at_early_stop, _fmt_acc, r.n)
+            acc = _fmt_stat(r.test_accuracy_at_early_stop, _fmt_acc)
             notes = []
-            if r.n < trials or r.n_diverged or r.n_skipped:
-                notes.append(f"n={r.n}")
+            n_acc = r.test_accuracy_at_early_stop.n  # (fewer than r.n where a value is unusable)
+            if n_acc < trials or r.n_diverged or r.n_skipped:
+                notes.append(f"n={n_acc}")
             if r.n_diverged:
                 notes.append(f"{r.n_diverged} diverged")
             if r.n_skipped:
                 notes.append(f"{r.n_skipped} skipped")
             if notes:
                 acc += f" ({', '.join(notes)})"
-            line += [acc, _fmt_stat(r.final_test_accuracy, _fmt_acc, r.n),
-                     _fmt_stat(r.early_stop_iteration, _fmt_iter, r.n)]
+            stop = _fmt_stat(r.early_stop_iteration, _fmt_iter, _fmt_spread)
+            stop_notes = [f"n={r.early_stop_iteration.n}"] if r.early_stop_iteration.n < r.n else []
+            if r.n_censored:
+                stop_notes.append(f"{r.n_censored} censored")
+            if stop_notes:
+                stop += f" ({', '.join(stop_notes)})"
+            final = _fmt_stat(r.final_test_accuracy, _fmt_acc)
+            if r.final_test_accuracy.n < r.n:
+                final += f" (n={r.final_test_accuracy.n})"
+            line += [acc, final, stop]
+        lines.append("| " + " | ".join(line) + " |")
+    return "\n".join(lines)
+
+
+def _pairs_of(rows: Sequence[SummaryRow]) -> list[tuple[tuple[int, str] | None, str, str]]:
+    """The difference columns: (b, a-variant, label) where b = None means "dense"."""
+    variants = _ordered_variants(rows)
+    cols: list[tuple[tuple[int, str] | None, str, str]] = []
+    for v in variants:
+        cols.append((None, v, f"{VARIANT_LABELS.get(v, v)} − dense"))
+    for v in variants:
+        if v != "ticket":
+            cols.append(((0, v), "ticket", f"ticket − {VARIANT_LABELS.get(v, v)}"))
+    return cols
+
+
+def format_differences(rows: Sequence[SummaryRow], trials: int | None = None) -> str:
+    """A markdown table of paired differences per level (same trial on both sides): each variant −
+    the dense network, and ticket − each control, in test accuracy at early stop (pp) and in
+    early-stopping iteration: "mean ± half-width of the 95% CI (p value of the paired t test)"."""
+    if trials is None:
+        trials = max((r.n for r in rows), default=0)
+    cols = _pairs_of(rows)
+    header = ["level", "% weights remaining"]
+    for _, _, label in cols:
+        header += [f"{label}: test acc @ early stop (pp)", f"{label}: early-stop iteration"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---:"] * len(header)) + "|"]
+    for level, cells in _by_level(rows).items():
+        if level == 0:
+            continue
+        line = [str(level), _level_percent(cells)]
+        for against, v, _ in cols:
+            if v not in cells or (against is not None and against[1] not in cells):
+                line += ["—", "—"]
+                continue
+            b = (0, "ticket") if against is None else (level, against[1])
+            for metric, is_acc in (("test_accuracy_at_early_stop", True),
+                                   ("early_stop_iteration", False)):
+                e = paired(rows, (level, v), b, metric).estimate
+                line.append(_fmt_diff(e, is_acc, trials))
+        lines.append("| " + " | ".join(line) + " |")
+    return "\n".join(lines)
+
+
+def format_verdicts(judgements: Sequence[Judgement], rows: Sequence[SummaryRow]) -> str:
+    """A markdown table: per level, each variant's verdict ("winning", "not winning", "not shown",
+    "no verdict") with its reason."""
+    variants = [v for v in _ordered_variants(rows) if any(j.variant == v for j in judgements)]
+    by = {(j.level, j.variant): j for j in judgements}
+    header = ["level", "% weights remaining"] + [VARIANT_LABELS.get(v, v) for v in variants]
+    lines = ["| " + " | ".join(header) + " |", "|---:|---:|" + "|".join(["---"] * len(variants)) + "|"]
+    for level, cells in _by_level(rows).items():
+        if level == 0:
+            continue
+        line = [str(level), _level_percent(cells)]
+        for v in variants:
+            j = by.get((level, v))
+            line.append("—" if j is None else f"**{j.verdict.label}** ({j.verdict.reason})")
         lines.append("| " + " | ".join(line) + " |")
     return "\n".join(lines)
 
@@ -385,6 +696,17 @@ def write_csv(rows: Sequence[SummaryRow], path: str | os.PathLike) -> None:
             writer.writerow({k: ("" if d[k] is None else d[k]) for k in CSV_COLUMNS})
 
 
+def _late_sentence(records: Sequence[Mapping], budget: float | None) -> str | None:
+    """How many "ok" runs had their minimum validation loss at their last evaluation (censored)."""
+    ok = [r for r in records if _is_ok(r) and _valid("early_stop_iteration",
+                                                      r.get("early_stop_iteration"))]
+    last = [r for r in ok if is_censored(r, budget)]
+    if not (ok and last):
+        return None
+    return (f"{len(last)} of {len(ok)} runs had their minimum validation loss at their last "
+            "evaluation: longer training (train.iterations) would move those early stops.")
+
+
 # --------------------------------------------------------------------------------------------------
 # Plots
 # --------------------------------------------------------------------------------------------------
@@ -395,6 +717,45 @@ def _new_figure(width: float = 6.4, height: float = 4.4):
 
     fig = Figure(figsize=(width, height), dpi=150, layout="constrained")
     return fig, fig.add_subplot()
+
+
+def _text(label: str) -> str:
+    """A label as matplotlib shows it literally ("$" would start mathtext)."""
+    return str(label).replace("$", r"\$")
+
+
+def _trials_phrase(ns: Iterable[int]) -> str:
+    ns = sorted({n for n in ns if n > 0})
+    if not ns:
+        return "no trials"
+    if len(ns) == 1:
+        return f"{ns[0]} trial{'s' * (ns[0] != 1)}"
+    return f"{ns[0]}–{ns[-1]} trials"
+
+
+def _caption(fig, ax, title: str, ns: Iterable[int], extra: str = "") -> None:
+    """The title, and under it what the error bars are (every figure says so), wrapped to the
+    figure's width."""
+    import textwrap
+
+    ns = list(ns)
+    note = f"{_ERROR_BARS}, {_trials_phrase(ns)}"
+    if 1 in ns:
+        note += "; none where a point has one trial"
+    note += f"; {extra}" if extra else ""
+    chars = int(14 * fig.get_figwidth())
+    ax.set_title((_text(title) + "\n" if title else "") + textwrap.fill(note, chars),
+                 fontsize="small")
+
+
+def _legend(ax, **kwargs) -> None:
+    """The legend with the data series first, then the reference lines and markers (matplotlib
+    lists plain lines before error-bar series)."""
+    from matplotlib.container import ErrorbarContainer
+
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(handles)), key=lambda i: not isinstance(handles[i], ErrorbarContainer))
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], **kwargs)
 
 
 def _level_densities(rows: Sequence[SummaryRow]) -> dict[int, float]:
@@ -432,10 +793,18 @@ def _density_axis(ax, densities: Sequence[float], max_labels: int = 12) -> None:
     ax.grid(True, which="major", axis="both", alpha=0.3)
 
 
-def _metric_lines(rows: Sequence[SummaryRow], metric: str, scale: float):
-    """Per variant: (percents, means, lower errors, upper errors, borrowed). Controls start from the
-    dense point (level 0 ticket), as in the paper's figures: at 100% a control is the dense network;
-    borrowed = 1 when that first point is the dense one (its error bar is drawn once, by the ticket)."""
+class _Line(NamedTuple):
+    percents: list[float]
+    means: list[float]
+    errors: list[float]        # half-widths of the 95% CI; 0 where there is no interval
+    censored: list[bool]       # the point includes a censored early stop
+    ns: list[int]
+    borrowed: int              # 1 when the first point is the dense one (drawn by the ticket)
+
+
+def _metric_lines(rows: Sequence[SummaryRow], metric: str, scale: float) -> dict[str, _Line]:
+    """Per variant, its points. Controls start from the dense point (level 0 ticket), as in the
+    paper's figures: at 100% a control is the dense network."""
     dense = [r for r in rows if r.level == 0 and r.variant == "ticket"]
     out = {}
     for v in _ordered_variants(rows):
@@ -448,62 +817,109 @@ def _metric_lines(rows: Sequence[SummaryRow], metric: str, scale: float):
                  if _finite(r.density) and r.density > 0]
         if len(vrows) <= borrowed:
             continue
-        xs = [r.percent_remaining for r in vrows]
-        means = [scale * getattr(r, metric).mean for r in vrows]
-        lo = [scale * (getattr(r, metric).mean - getattr(r, metric).min) for r in vrows]
-        hi = [scale * (getattr(r, metric).max - getattr(r, metric).mean) for r in vrows]
-        out[v] = (xs, means, lo, hi, borrowed)
+        stats_ = [getattr(r, metric) for r in vrows]
+        out[v] = _Line([r.percent_remaining for r in vrows],
+                       [scale * s.mean for s in stats_],
+                       [scale * (s.half_width or 0.0) for s in stats_],
+                       [bool(r.n_censored) for r in vrows],
+                       [s.n for s in stats_], borrowed)
     return out
 
 
 def plot_metric_vs_density(
-    rows: Sequence[SummaryRow], metric: str, path: str | os.PathLike, *, title: str = ""
+    rows: Sequence[SummaryRow], metric: str, path: str | os.PathLike, *, title: str = "",
+    budget: float | None = None,
 ) -> bool:
     """Plots `metric` ("test_accuracy_at_early_stop", "final_test_accuracy" or
     "early_stop_iteration") against percent of weights remaining, one line per variant, error bars =
-    min–max over trials, a dotted line at the dense value. Returns False (writes nothing) if no data."""
+    95% confidence intervals of the mean over trials, a dotted line at the dense value. Points that
+    include a censored early stop are ringed. For the early-stopping iteration, `budget`
+    (``train.iterations``) is drawn as a line when an early stop or an interval comes within half of
+    it, and named in the caption otherwise. Returns False (writes nothing) if there is no data."""
     is_acc = metric != "early_stop_iteration"
     scale = 100.0 if is_acc else 1.0
     lines = _metric_lines(rows, metric, scale)
     if not lines:
         return False
-    fig, ax = _new_figure()
-    for v, (xs, means, lo, hi, borrowed) in lines.items():
-        ax.errorbar(xs, means, yerr=[lo, hi], errorevery=(borrowed, 1), label=_PLOT_LABELS.get(v, v),
-                    color=_COLORS.get(v), linestyle=_LINESTYLES.get(v, "-."),
-                    marker=_MARKERS.get(v, "D"), markersize=4, capsize=3, linewidth=1.5)
+    fig, ax = _new_figure(6.8, 4.8)
+    any_censored = False
+    for v, line in lines.items():
+        ax.errorbar(line.percents, line.means, yerr=line.errors, errorevery=(line.borrowed, 1),
+                    label=_text(_PLOT_LABELS.get(v, v)), color=_COLORS.get(v),
+                    linestyle=_LINESTYLES.get(v, "-."), marker=_MARKERS.get(v, "D"), markersize=4,
+                    capsize=3, linewidth=1.5)
+        marked = [(x, y) for i, (x, y, c) in enumerate(zip(line.percents, line.means,
+                                                             line.censored))
+                  if c and i >= line.borrowed]
+        if marked:
+            any_censored = True
+            ax.plot(*zip(*marked), linestyle="none", marker="o", markersize=10,
+                    markerfacecolor="none", markeredgecolor="black", markeredgewidth=1.0)
     dense = [r for r in rows if r.level == 0 and r.variant == "ticket"]
     if dense and getattr(dense[0], metric).mean is not None:
         ax.axhline(scale * getattr(dense[0], metric).mean, color="gray", linestyle=":",
-                   linewidth=1, label="dense")
+                   linewidth=1, label="dense network (mean)")
+        if dense[0].n_censored:
+            any_censored = True
+    if any_censored:
+        ax.plot([], [], linestyle="none", marker="o", markersize=10, markerfacecolor="none",
+                markeredgecolor="black", label="ringed: includes censored early stops")
+    extra = ""
+    if not is_acc and budget is not None:
+        top = max(m + e for line in lines.values() for m, e in zip(line.means, line.errors))
+        if top >= 0.5 * budget or any_censored:
+            ax.axhline(budget, color="red", linestyle="-.", linewidth=1,
+                       label=f"budget: train.iterations = {_fmt_iter(budget)}")
+        else:
+            extra = f"budget (train.iterations) {_fmt_iter(budget)}, above the plot"
+    if any_censored:
+        extra = "; ".join(filter(None, [extra, "censored: minimum val. loss at the last evaluation "
+                                               "(a lower bound)"]))
     _density_axis(ax, list(_level_densities(rows).values()))
     ax.set_ylabel({"test_accuracy_at_early_stop": "Test accuracy at early stop (%)",
                    "final_test_accuracy": "Final test accuracy (%)",
                    "early_stop_iteration": "Early-stop iteration (val. loss)"}.get(metric, metric))
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize="small")
+    _caption(fig, ax, title, [n for line in lines.values() for n in line.ns], extra)
+    _legend(ax, fontsize="x-small")
     fig.savefig(path)
     return True
 
 
-def mean_curve(records: Iterable[Mapping], level: int, variant: str, key: str = "test_accuracy"):
+class Curve(NamedTuple):
+    """A mean curve over trials: per iteration, the mean, the 95% interval (low = high = mean where
+    only one trial has a value) and the number of trials."""
+
+    iterations: list[float]
+    mean: list[float]
+    low: list[float]
+    high: list[float]
+    n: list[int]
+
+
+def mean_curve(records: Iterable[Mapping], level: int, variant: str,
+               key: str = "test_accuracy") -> Curve:
     """The evaluation curve `key` of the "ok" runs at (level, variant), aligned on
     ``eval_iterations`` (or, for the test curves, on ``test_iterations`` when a record has them: the
-    test set may be measured at fewer evaluations): (iterations, mean, min, max) lists over the
-    trials that have a finite value at each iteration. Empty lists if there is none."""
-    values: dict[int, list[float]] = {}
+    test set may be measured at fewer evaluations), over the trials that have a usable value at each
+    iteration (finite; an accuracy in [0, 1]). Empty lists if there is none."""
+    values: dict[float, list[float]] = {}
     for r in records:
-        if int(r["level"]) != level or r["variant"] != variant or not _is_ok(r):
+        if int(r["level"]) != level or str(r["variant"]) != variant or not _is_ok(r):
             continue
-        axis = "test_iterations" if key.startswith("test_") and "test_iterations" in r else "eval_iterations"
-        its, ys = r.get(axis) or [], r.get(key) or []
+        axis = ("test_iterations" if key.startswith("test_") and "test_iterations" in r
+                else "eval_iterations")
+        its, ys = _iterations(r.get(axis)), r.get(key)
+        if not isinstance(ys, list):
+            continue
         for it, y in zip(its, ys):
-            if _finite(y):
-                values.setdefault(int(it), []).append(float(y))
+            if it is not None and (_valid(key, y) if key.endswith("accuracy") else _finite(y)):
+                values.setdefault(it, []).append(float(y))
     its = sorted(values)
-    return (its, [sum(values[i]) / len(values[i]) for i in its],
-            [min(values[i]) for i in its], [max(values[i]) for i in its])
+    estimates = [stats.mean_ci(values[i]) for i in its]
+    return Curve(its, [e.mean for e in estimates],
+                 [e.low if e.low is not None else e.mean for e in estimates],
+                 [e.high if e.high is not None else e.mean for e in estimates],
+                 [e.n for e in estimates])
 
 
 def default_curve_levels(levels: Iterable[int], n: int = 3) -> list[int]:
@@ -520,6 +936,19 @@ def default_curve_levels(levels: Iterable[int], n: int = 3) -> list[int]:
     return picked
 
 
+def _ranges(values: Sequence[int]) -> str:
+    """1, 2, 3, 5, 7, 8 -> "1–3, 5, 7–8"."""
+    out, run = [], []
+    for v in sorted(values):
+        if run and v != run[-1] + 1:
+            out.append(f"{run[0]}–{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(v)
+    if run:
+        out.append(f"{run[0]}–{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ", ".join(out)
+
+
 def plot_curves(
     records: Sequence[Mapping],
     path: str | os.PathLike,
@@ -527,52 +956,72 @@ def plot_curves(
     levels: Sequence[int] | None = None,
     variants: Sequence[str] = ("ticket", "reinit"),
     title: str = "",
+    budget: float | None = None,
 ) -> bool:
     """Test accuracy vs training iteration, mean over trials, for the chosen `levels` (default:
-    `default_curve_levels`): one colour per level, ticket solid, reinit dashed, random prune dotted;
-    error bars (at ~15 points per curve) = min–max over trials. The y axis is zoomed on the part
-    after the first fifth of training (early iterations fall below it), as in the paper's figures.
-    Returns False (writes nothing) if there is no curve."""
+    `default_curve_levels`): one colour per level, ticket solid, reinit dashed, random prune dotted,
+    a marker at every test point (so that a curve of one point shows); error bars (at ~15 points
+    per curve) = 95% confidence intervals over trials. The axes hold every point (nothing is
+    clipped): x from 0 to the budget (`budget`, drawn as a line, else the last point), y over every
+    point and error bar. The caption names the levels and variants left out. The legend sits
+    outside the axes. Returns False (writes nothing) if there is no curve."""
     ok = [r for r in records if _is_ok(r)]
+    all_levels = sorted({int(r["level"]) for r in ok})
     if levels is None:
-        levels = default_curve_levels(int(r["level"]) for r in ok)
+        levels = default_curve_levels(all_levels)
     rows = {(r.level, r.variant): r for r in summarize(records)}
-    fig, ax = _new_figure(7.0, 4.6)
-    drawn = False
-    zoom_lo, zoom_hi = [], []
+    fig, ax = _new_figure(8.6, 4.8)
+    drawn_levels, drawn_variants, ns, last, first = set(), set(), [], 0.0, 0.0
     cycle = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
              "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
-    for i, level in enumerate(levels):
-        for v in variants:
-            its, mean, lo, hi = mean_curve(ok, level, v)
-            if not its:
-                continue
-            row = rows.get((level, v))
-            pct = format_percent_remaining(row.density) if row else "?"
-            label = f"{pct}%" + (" (dense)" if level == 0 else "") + (
-                "" if v == "ticket" else f" {_PLOT_LABELS.get(v, v)}")
-            every = max(1, len(its) // 15)
-            ax.errorbar(its, [100 * y for y in mean],
-                        yerr=[[100 * (m - a) for m, a in zip(mean, lo)],
-                              [100 * (b - m) for m, b in zip(mean, hi)]],
-                        errorevery=every, capsize=2, color=cycle[i % len(cycle)],
-                        linestyle=_LINESTYLES.get(v, "-."), linewidth=1.3, label=label)
-            drawn = True
-            zoom_lo.append(100 * min(mean[len(mean) // 5:]))
-            zoom_hi.append(100 * max(hi))
-    if not drawn:
+    curves = [(i, level, v, mean_curve(ok, level, v)) for i, level in enumerate(levels)
+              for v in variants]
+    curves = [c for c in curves if c[3].iterations]
+    # A few test points per curve (a test every 1,000 iterations of a 1,500-iteration budget) put
+    # every curve's points at the same x: they are spread sideways so that none hides another.
+    sparse = curves and max(len(c[3].iterations) for c in curves) <= 3
+    span = max([budget or 0.0] + [c[3].iterations[-1] for c in curves])
+    for k, (i, level, v, curve) in enumerate(curves):
+        row = rows.get((level, v))
+        pct = format_percent_remaining(row.density) if row else "?"
+        label = f"{pct}%" + (" (dense)" if level == 0 else "") + (
+            "" if v == "ticket" else f" {_PLOT_LABELS.get(v, v)}")
+        every = max(1, len(curve.iterations) // 15)
+        shift = (k - (len(curves) - 1) / 2) * 0.012 * span if sparse else 0.0
+        ax.errorbar([x + shift for x in curve.iterations], [100 * y for y in curve.mean],
+                    yerr=[100 * (h - m) for m, h in zip(curve.mean, curve.high)],
+                    errorevery=every, capsize=2, color=cycle[i % len(cycle)],
+                    linestyle=_LINESTYLES.get(v, "-."), linewidth=1.3,
+                    marker=_MARKERS.get(v, "D"),
+                    markersize=3 if len(curve.iterations) > 30 else 5,
+                    markevery=max(1, len(curve.iterations) // 30), label=_text(label))
+        drawn_levels.add(level)
+        drawn_variants.add(v)
+        ns += curve.n
+        last = max(last, curve.iterations[-1])
+        first = min(first, curve.iterations[0] + shift)
+    if not curves:
         return False
-    # Like the paper, zoom on where the curves differ: the range after the first fifth of training.
-    lo_y, hi_y = min(zoom_lo), max(zoom_hi)
-    if hi_y > lo_y:
-        pad = 0.08 * (hi_y - lo_y)
-        ax.set_ylim(lo_y - pad, hi_y + pad)
+    right = max(last, budget or 0.0)
+    if budget is not None:
+        ax.axvline(budget, color="red", linestyle="-.", linewidth=1,
+                   label=f"budget: train.iterations = {_fmt_iter(budget)}")
+    ax.set_xlim(min(0.0, first - 0.01 * right), right * 1.03)
     ax.set_xlabel("Training iterations")
     ax.set_ylabel("Test accuracy (%)")
     ax.grid(True, alpha=0.3)
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize="small", ncol=2)
+    left_out = []
+    other_levels = [lvl for lvl in all_levels if lvl not in drawn_levels]
+    if other_levels:
+        left_out.append(f"level{'s' * (len(other_levels) > 1)} {_ranges(other_levels)}")
+    other_variants = sorted({str(r["variant"]) for r in ok} - drawn_variants, key=_variant_rank)
+    if other_variants:
+        left_out.append(", ".join(_PLOT_LABELS.get(v, v) for v in other_variants))
+    extra = ("not shown: " + "; ".join(left_out) + " (report.md has every level)") if left_out else ""
+    if sparse and len(curves) > 1:
+        extra = "; ".join(filter(None, [extra, "points of one iteration spread sideways"]))
+    _caption(fig, ax, title, ns, _text(extra))
+    _legend(ax, fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.savefig(path)
     return True
 
@@ -596,6 +1045,12 @@ def _describe(config: Mapping | None, trials_seen: int) -> tuple[str, str]:
                 if _get(config, "controls", v, default=False)]
     parts = [f"Model `{model}`, dataset `{dataset}`, {iterations} training iterations per run, "
              f"{trials} trial(s), {mode} pruning, levels 0–{levels}"]
+    subset = _get(config, "dataset", "train_subset")
+    if subset:
+        parts.append(f"trained on a subset of {subset} examples")
+    every = _get(config, "train", "eval_every")
+    if every:
+        parts.append(f"validation every {every} iterations")
     rewind = _get(config, "prune", "rewind_iteration", default=0)
     if rewind:
         parts.append(f"survivors rewound to iteration {rewind}")
@@ -617,16 +1072,79 @@ def write_report(
 
     Raises:
       FileNotFoundError: the workdir or its results.jsonl does not exist.
-      ValueError: results.jsonl has a corrupt line (other than a half-written last line).
+      ValueError: results.jsonl has a corrupt line (other than a half-written last line), or
+        config.json a field the report cannot use (one line naming the file and the field).
     """
     return _write_report(workdir, curve_levels=curve_levels, plots=plots)[0]
+
+
+def _statistics_lines(rows: Sequence[SummaryRow], records: Sequence[Mapping],
+                      budget: float | None, invalid: int) -> list[str]:
+    ns = sorted({r.n for r in rows if r.n})
+    md = ["## How to read the numbers", "",
+          "- Every number is a mean over trials ± the half-width of its 95% confidence interval "
+          "(Student's t with n − 1 degrees of freedom), with the sample SD in brackets; a cell "
+          "with one trial shows that trial's value alone (no interval). Differences are paired: "
+          "taken within a trial (same θ₀ and data order), then averaged; p is the paired t test's "
+          "two-sided p value."]
+    note = stats.few_trials_note(ns[-1]) if ns else None  # (cells with fewer trials say "n=")
+    if note:
+        md.append(f"- {note}")
+    late = _late_sentence(records, budget)
+    if late:
+        md.append(f"- {late} Such an early stop is *censored*: the minimum may come later, so the "
+                  "recorded iteration is a lower bound (marked \"censored\" in the tables, ringed "
+                  "in the plots).")
+    else:
+        md.append("- No early stop is censored: every run's minimum validation loss came before "
+                  "its last evaluation.")
+    late = [r for r in records if _is_ok(r) and not is_censored(r, budget)
+            and _valid("early_stop_iteration", r.get("early_stop_iteration"))
+            and last_evaluation(r, budget) and float(r["early_stop_iteration"])
+            >= 0.9 * float(last_evaluation(r, budget))]
+    if late:
+        md.append(f"- {len(late)} more run(s) stopped in the last 10% of their budget, not at its "
+                  "end: their validation loss may have been flat or still falling there, so read "
+                  "those early stops with care.")
+    if invalid:
+        md.append(f"- {invalid} metric value(s) in results.jsonl were not finite numbers in range "
+                  "(an accuracy outside [0, 1], a NaN, an integer too large for a float) and are "
+                  "left out.")
+    return md + [""]
+
+
+def _verdict_lines(config: Mapping | None, rows: Sequence[SummaryRow],
+                   records: Sequence[Mapping]) -> list[str]:
+    margin = stop_margin(config, records)
+    judgements = verdicts(rows, margin)
+    if not judgements:
+        return []
+    pp = 100 * stats.ACCURACY_MARGIN
+    counts: dict[str, int] = {}
+    for j in judgements:
+        if j.variant == "ticket":
+            counts[j.verdict.label] = counts.get(j.verdict.label, 0) + 1
+    summary = ", ".join(f"{n} {label}" for label, n in counts.items())
+    return [
+        "## Winning tickets: the verdict", "",
+        f"A ticket is **winning** when the 95% interval of its paired difference to the dense "
+        f"network (same trial) in test accuracy at early stop lies above −{pp:g} pp, and that of "
+        f"its early-stopping iteration below +{_fmt_iter(margin)} (one evaluation interval); "
+        f"**not winning** when an interval lies wholly beyond its margin; **not shown** when an "
+        f"interval straddles it; **no verdict** with fewer than two paired trials. A censored "
+        f"ticket early stop (a lower bound) cannot show \"not later\". The controls are judged by "
+        f"the same rule: a control that passes it shows what the rule lets through at this number "
+        f"of trials (`lth_jax.stats.winning_verdict`).", "",
+        f"Tickets: {summary}." if summary else "No ticket has a verdict.", "",
+        format_verdicts(judgements, rows), ""]
 
 
 def _write_report(workdir, *, curve_levels, plots) -> tuple[str, list[SummaryRow]]:
     workdir = _check_workdir(workdir)
     records = load_results(workdir)
     config = load_config(workdir)
-    rows = summarize(records)
+    budget = _budget(config)
+    rows = summarize(records, budget)
     trials = _get(config, "trials")
     title, intro = _describe(config, max((r.n + r.n_diverged + r.n_skipped for r in rows), default=0))
 
@@ -641,6 +1159,8 @@ def _write_report(workdir, *, curve_levels, plots) -> tuple[str, list[SummaryRow
                + (f" ({', '.join(counts)})." if counts else "."), ""]
     if not records:
         md += ["No results yet.", ""]
+    else:
+        md += _statistics_lines(rows, records, budget, invalid_values(records))
 
     dense = next((r for r in rows if r.level == 0 and r.variant == "ticket"), None)
     md += ["## Dense baseline (level 0)", ""]
@@ -649,20 +1169,28 @@ def _write_report(workdir, *, curve_levels, plots) -> tuple[str, list[SummaryRow
     else:
         acc, fin = dense.test_accuracy_at_early_stop, dense.final_test_accuracy
         es = dense.early_stop_iteration
+        censored = f" ({dense.n_censored} censored)" if dense.n_censored else ""
         md += [
-            f"- Test accuracy at early stop: {_fmt_stat(acc, _fmt_acc, dense.n)} % "
-            f"(mean [min–max] over {dense.n} trial(s))",
-            f"- Final test accuracy: {_fmt_stat(fin, _fmt_acc, dense.n)} %",
-            f"- Early-stopping iteration: {_fmt_stat(es, _fmt_iter, dense.n)}",
+            f"- Test accuracy at early stop: {_fmt_stat(acc, _fmt_acc)} % "
+            f"(mean ± 95% CI (SD) over {dense.n} trial(s))",
+            f"- Final test accuracy: {_fmt_stat(fin, _fmt_acc)} %",
+            f"- Early-stopping iteration: {_fmt_stat(es, _fmt_iter, _fmt_spread)}{censored}",
             "",
         ]
 
     md += ["## Results by pruning level", ""]
     if rows:
         md += ["Test accuracy at the early-stopping iteration (minimum validation loss), final test "
-               "accuracy, and the early-stopping iteration; mean [min–max] over trials. "
+               "accuracy, and the early-stopping iteration; mean ± 95% CI (SD) over trials. "
                "Diverged runs are excluded from the numbers.", "",
                format_table(rows, trials=trials if isinstance(trials, int) else None), ""]
+        if any(r.level > 0 for r in rows):
+            md += ["## Paired differences", "",
+                   "Within each trial, then over trials: mean ± 95% CI (p of the paired t test). "
+                   "Positive accuracy differences favour the first-named; negative early-stop "
+                   "differences mean it stops earlier.", "",
+                   format_differences(rows, trials if isinstance(trials, int) else None), ""]
+        md += _verdict_lines(config, rows, records)
     else:
         md += ["No results yet.", ""]
 
@@ -671,18 +1199,21 @@ def _write_report(workdir, *, curve_levels, plots) -> tuple[str, list[SummaryRow
         plot_title = (f"{_get(config, 'model', 'name', default='?')} on "
                       f"{_get(config, 'dataset', 'name', default='?')}") if config else ""
         if plot_metric_vs_density(rows, "test_accuracy_at_early_stop",
-                                  os.path.join(workdir, ACCURACY_PLOT), title=plot_title):
+                                  os.path.join(workdir, ACCURACY_PLOT), title=plot_title,
+                                  budget=budget):
             written.append((ACCURACY_PLOT,
                             "Test accuracy at early stop vs percent of weights remaining"))
         if plot_metric_vs_density(rows, "early_stop_iteration",
-                                  os.path.join(workdir, EARLY_STOP_PLOT), title=plot_title):
+                                  os.path.join(workdir, EARLY_STOP_PLOT), title=plot_title,
+                                  budget=budget):
             written.append((EARLY_STOP_PLOT,
                             "Early-stopping iteration vs percent of weights remaining"))
         if plot_curves(records, os.path.join(workdir, CURVES_PLOT), levels=curve_levels,
-                       title=plot_title):
+                       title=plot_title, budget=budget):
             written.append((CURVES_PLOT, "Test accuracy vs training iteration"))
     if written:
-        md += ["## Plots", ""]
+        md += ["## Plots", "", f"Every plot's {_ERROR_BARS}; ringed points include censored early "
+               "stops.", ""]
         for name, caption in written:
             md += [f"![{caption}]({name})", ""]
 
@@ -704,8 +1235,10 @@ def _write_report(workdir, *, curve_levels, plots) -> tuple[str, list[SummaryRow
                "|---:|---|---:|---:|---|"]
         for r in failed:
             reason = str(r.get("failure") or r.get("status", "")).replace("|", "\\|")
+            density = _density(r)
             md.append(f"| {r['level']} | {r['variant']} | {r['trial']} | "
-                      f"{format_percent_remaining(float(r.get('density', float('nan'))))} | {reason} |")
+                      f"{format_percent_remaining(density if density is not None else math.nan)} "
+                      f"| {reason} |")
         md.append("")
     else:
         md += ["None.", ""]
@@ -733,29 +1266,24 @@ def terminal_summary(workdir: str | os.PathLike, width: int = 100) -> str:
     of weights remaining and, per variant, the mean test accuracy at early stop with the mean
     early-stopping iteration in brackets. It says how many runs stopped at their last evaluation (a
     budget too short for the validation loss to turn) and where the full report is. The full tables
-    (min–max over trials, final accuracy) stay in report.md.
+    (confidence intervals, paired differences, the verdict, final accuracy) stay in report.md.
     """
     workdir = _check_workdir(workdir)
     records = load_results(workdir)
     config = load_config(workdir)
-    rows = summarize(records)
+    budget = _budget(config)
+    rows = summarize(records, budget)
     variants = _ordered_variants(rows)
     title, _ = _describe(config, max((r.n + r.n_diverged for r in rows), default=0))
     trials = _get(config, "trials", default="?")
-    iterations = _get(config, "train", "iterations", default=-1)
     lines = [title.lstrip("# "),
              f"test accuracy at early stop (%), mean over {trials} trial(s) [mean early-stop iteration]"]
     cell = max(14, min(22, (width - 16) // max(1, len(variants))))
     header = f"{'level':>5}  {'weights':>7}  " + "".join(
         f"{VARIANT_LABELS.get(v, v):<{cell}}" for v in variants)
     lines += [header.rstrip()]
-    by_level: dict[int, dict[str, SummaryRow]] = {}
-    for r in rows:
-        by_level.setdefault(r.level, {})[r.variant] = r
-    for level in sorted(by_level):
-        cells = by_level[level]
-        first = cells.get("ticket") or next(iter(cells.values()))
-        line = f"{level:>5}  {format_percent_remaining(first.density) + '%':>7}  "
+    for level, cells in _by_level(rows).items():
+        line = f"{level:>5}  {_level_percent(cells) + '%':>7}  "
         for v in variants:
             r = cells.get(v)
             if r is None:
@@ -770,16 +1298,13 @@ def terminal_summary(workdir: str | os.PathLike, width: int = 100) -> str:
                     text += f" ({r.n_diverged} div.)"
             line += f"{text:<{cell}}"
         lines.append(line.rstrip())
-    ok = [r for r in records if _is_ok(r) and _finite(r.get("early_stop_iteration"))]
-    last = [r for r in ok
-            if int(r["early_stop_iteration"]) == max(r.get("eval_iterations") or [iterations])]
-    if ok and last:
-        lines.append(f"{len(last)} of {len(ok)} runs had their minimum validation loss at their last "
-                     "evaluation: longer training (train.iterations) would move those early stops.")
+    late = _late_sentence(records, budget)
+    if late:
+        lines.append(late)
     missing = missing_runs(config, records) if config is not None else []
     if missing:
         lines.append(f"Missing: {sum(len(t) for _, _, t in missing)} run(s); see report.md.")
-    lines.append(f"Full tables (min–max, final accuracy) and plots: "
+    lines.append(f"Full tables (confidence intervals, paired differences, verdict) and plots: "
                  f"{os.path.join(workdir, REPORT_FILE)}")
     out = []
     for line in lines:  # prose lines wrap; table lines fit by construction
