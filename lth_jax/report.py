@@ -274,7 +274,8 @@ def is_censored(record: Mapping, budget: float | None = None) -> bool:
             and stats.censored(float(es), last))
 
 
-def _budget(config: Mapping | None) -> float | None:
+def iteration_budget(config: Mapping | None) -> float | None:
+    """``train.iterations`` of `config` (every run's budget); None if absent or unusable."""
     value = _get(config, "train", "iterations")
     return float(value) if _valid("iteration", value) and value > 0 else None
 
@@ -549,13 +550,14 @@ def _fmt_diff(e: stats.Estimate, accuracy: bool, n_full: int | None = None) -> s
     scale, digits = (100.0, 2) if accuracy else (1.0, 0)
     text = f"{scale * e.mean:+.{digits}f}"
     if e.half_width is not None:
-        text += f" ± {scale * e.half_width:.{digits}f} (p {_fmt_p(e.p)})"
+        text += f" ± {scale * e.half_width:.{digits}f} (p {format_p(e.p)})"
     if n_full is not None and e.n < n_full:
         text += f" (n={e.n})"
     return text
 
 
-def _fmt_p(p: float | None) -> str:
+def format_p(p: float | None) -> str:
+    """A p value in two significant digits ("0.092"), "<0.001" below that, "—" for None."""
     if p is None:
         return "—"
     return "<0.001" if p < 0.001 else f"{p:.2g}"
@@ -1143,7 +1145,7 @@ def _write_report(workdir, *, curve_levels, plots) -> tuple[str, list[SummaryRow
     workdir = _check_workdir(workdir)
     records = load_results(workdir)
     config = load_config(workdir)
-    budget = _budget(config)
+    budget = iteration_budget(config)
     rows = summarize(records, budget)
     trials = _get(config, "trials")
     title, intro = _describe(config, max((r.n + r.n_diverged + r.n_skipped for r in rows), default=0))
@@ -1271,7 +1273,7 @@ def terminal_summary(workdir: str | os.PathLike, width: int = 100) -> str:
     workdir = _check_workdir(workdir)
     records = load_results(workdir)
     config = load_config(workdir)
-    budget = _budget(config)
+    budget = iteration_budget(config)
     rows = summarize(records, budget)
     variants = _ordered_variants(rows)
     title, _ = _describe(config, max((r.n + r.n_diverged for r in rows), default=0))
