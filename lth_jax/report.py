@@ -139,7 +139,8 @@ def check_config(config: Mapping, path: str = CONFIG_FILE) -> None:
         if not _has(config, *keys):
             continue
         value = _get(config, *keys)
-        if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= _MAX_COUNT:
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if not whole or not least <= value <= _MAX_COUNT:
             shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
             raise workdir_lib.WorkdirError(
                 f"{path}: field {'.'.join(keys)!r} must be an integer from {least} to "
@@ -252,7 +253,7 @@ def _density(record: Mapping) -> float | None:
 
 
 def _iterations(value: Any) -> list[float | None]:
-    """A record's list of iterations, an unusable entry as None (so that positions still line up)."""
+    """A record's list of iterations, an unusable entry as None (positions still line up)."""
     if not isinstance(value, list):
         return []
     return [float(x) if _valid("iteration", x) else None for x in value]
@@ -581,9 +582,9 @@ def _level_percent(cells: Mapping[str, SummaryRow]) -> str:
 
 def format_table(rows: Sequence[SummaryRow], trials: int | None = None) -> str:
     """A markdown table, one line per level, with for each variant three columns: test accuracy at
-    the early-stopping iteration and final test accuracy (percent, 2 decimals) and the early-stopping
-    iteration, each "mean ± half-width (SD sd)": the 95% confidence interval of the mean over trials
-    (Student's t) and the sample SD; just the value when there is one trial.
+    the early-stopping iteration and final test accuracy (percent, 2 decimals) and the
+    early-stopping iteration, each "mean ± half-width (SD sd)": the 95% confidence interval of the
+    mean over trials (Student's t) and the sample SD; just the value when there is one trial.
 
     A cell whose (level, variant) has fewer than `trials` finished runs (default: the largest count
     in `rows`) or diverged or skipped runs says so, e.g. "97.50 (n=1, 1 diverged)"; an early-stop
@@ -676,7 +677,8 @@ def format_verdicts(judgements: Sequence[Judgement], rows: Sequence[SummaryRow])
     variants = [v for v in _ordered_variants(rows) if any(j.variant == v for j in judgements)]
     by = {(j.level, j.variant): j for j in judgements}
     header = ["level", "% weights remaining"] + [VARIANT_LABELS.get(v, v) for v in variants]
-    lines = ["| " + " | ".join(header) + " |", "|---:|---:|" + "|".join(["---"] * len(variants)) + "|"]
+    rule = "|---:|---:|" + "|".join(["---"] * len(variants)) + "|"
+    lines = ["| " + " | ".join(header) + " |", rule]
     for level, cells in _by_level(rows).items():
         if level == 0:
             continue
@@ -1019,7 +1021,8 @@ def plot_curves(
     other_variants = sorted({str(r["variant"]) for r in ok} - drawn_variants, key=_variant_rank)
     if other_variants:
         left_out.append(", ".join(_PLOT_LABELS.get(v, v) for v in other_variants))
-    extra = ("not shown: " + "; ".join(left_out) + " (report.md has every level)") if left_out else ""
+    extra = ("not shown: " + "; ".join(left_out) + " (report.md has every level)"
+             if left_out else "")
     if sparse and len(curves) > 1:
         extra = "; ".join(filter(None, [extra, "points of one iteration spread sideways"]))
     _caption(fig, ax, title, ns, _text(extra))
@@ -1215,7 +1218,9 @@ def _write_report(workdir, *, curve_levels, plots) -> tuple[str, list[SummaryRow
             written.append((CURVES_PLOT, "Test accuracy vs training iteration"))
     if written:
         md += ["## Plots", "", f"Every plot's {_ERROR_BARS}; ringed points include censored early "
-               "stops.", ""]
+               "stops. A point's interval includes the trial-to-trial spread that the variants of "
+               "one trial share; the paired differences above remove it, so two overlapping bars "
+               "can still differ.", ""]
         for name, caption in written:
             md += [f"![{caption}]({name})", ""]
 

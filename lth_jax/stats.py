@@ -34,8 +34,8 @@ CONFIDENCE = 0.95
 ACCURACY_MARGIN = 0.005
 
 __all__ = [
-    "ACCURACY_MARGIN", "CONFIDENCE", "Estimate", "Verdict", "betainc", "censored", "few_trials_note",
-    "mean_ci", "paired_difference", "t_cdf", "t_quantile", "winning_verdict",
+    "ACCURACY_MARGIN", "CONFIDENCE", "Estimate", "Verdict", "betainc", "censored",
+    "few_trials_note", "mean_ci", "paired_difference", "t_cdf", "t_quantile", "winning_verdict",
 ]
 
 
@@ -128,7 +128,7 @@ def t_cdf(t: float, df: float) -> float:
     if math.isinf(t):
         return 1.0 if t > 0 else 0.0
     t2 = t * t
-    if t2 < df:  # near 0 the central form keeps relative precision: F = 1/2 + I_{t²/(ν+t²)}(1/2, ν/2) / 2
+    if t2 < df:  # near 0 the central form keeps its relative precision
         centre = 0.5 * betainc(0.5, df / 2.0, t2 / (df + t2))
         return 0.5 + centre if t >= 0 else 0.5 - centre
     tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t2))
@@ -382,7 +382,8 @@ def winning_verdict(
     accuracy_ok = accuracy.low >= -accuracy_margin
     stop_ok = early_stop.high <= stop_margin and not ticket_censored
     if accuracy_ok and stop_ok:
-        return Verdict(WINNING, f"accuracy within {pp:g} pp of dense or above, early stop not later")
+        return Verdict(WINNING,
+                       f"accuracy within {pp:g} pp of dense or above, early stop not later")
     reasons = []
     if not accuracy_ok:
         reasons.append(f"accuracy interval reaches below −{pp:g} pp")

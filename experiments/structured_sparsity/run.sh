@@ -5,10 +5,11 @@
 #
 # Four lotteries of LeNet-300-100 on Fashion-MNIST (config.py), one per pruning pattern, 2 trials,
 # the ticket and its reinit control at every level, 10K iterations per training: unstructured
-# (levels 0..10), 2:4 (0..2), 1:4 (0..3), neuron (0..10); 52 + 10 + 14 + 42 = 118 trainings, 1.18M
-# model-steps. Then the table and the plot (summarize.py) and the speed-up of compact networks
-# (structured_speed.py). Interrupt it at any time; running it again resumes. Needs the Fashion-MNIST
-# IDX files (Debian: apt-get install dataset-fashion-mnist).
+# (levels 0..10), 2:4 (0..2), 1:4 (0..3), neuron (0..10); 42 + 10 + 14 + 42 = 108 trainings (2
+# dense runs at level 0, then 2 trials x 2 variants per level), 1.08M model-steps. Then the tables
+# and the plot (summarize.py) and the speed-up of compact networks (structured_speed.py).
+# Interrupt it at any time; running it again resumes. Needs the Fashion-MNIST IDX files (Debian:
+# apt-get install dataset-fashion-mnist).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 HERE=experiments/structured_sparsity
