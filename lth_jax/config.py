@@ -1,38 +1,24 @@
-"""The experiment config: its schema with defaults, and validation with one-line errors.
+"""The experiment config: its fields with defaults and meaning, and validation with one-line errors.
 
-Every ``configs/*.py`` starts from ``base_config()`` and sets the paper's values. Fields:
+Every ``configs/*.py`` starts from ``base_config()`` and sets the paper's values. ``FIELDS`` is the
+schema: one row per field, ``(dotted name, default, meaning)``; ``base_config()`` is built from it and
+``--help`` prints it, so a field is described once. Groups: ``seed``/``trials``, ``model``,
+``dataset``, ``train``, ``prune``, ``controls`` and ``runtime``; ``runtime.*`` changes how, not
+what, is computed (a workdir may be resumed with other values).
 
-* ``seed``, ``trials``
-* ``model``: ``name`` (see ``lth_jax.models.names()``), ``dropout_rate``, ``conv`` (auto | xla |
-  canonical_vjp | winograd: the convolution implementation)
-* ``dataset``: ``name``, ``source`` (tfds | files | synthetic), ``path``, ``data_dir``,
-  ``validation_size``, ``augment`` (auto | on | off) and, for synthetic data, ``image_shape`` (() =
-  the shape of ``name``), ``num_classes``, ``train_size``, ``test_size``; optional, not in
-  ``base_config()`` (so that configs without it keep their experiment identity):
-  ``train_subset`` (train on only the first N examples left after the validation hold-out)
-* ``train``: ``iterations``, ``batch_size``, ``optimizer`` (adam | sgd | momentum),
-  ``learning_rate``, ``momentum``, ``weight_decay``, ``lr_drops`` (iterations), ``lr_drop_factor``,
-  ``warmup_iterations``, ``eval_every``, ``test_every_evals`` (0 = no test curve), ``eval_batch_size``
-* ``prune``: ``strategy`` (paper | layerwise | global | neuron | global_neuron | "N:M" such as
-  "2:4"; see ``STRATEGIES``), ``rules`` (``((regex, rate), ...)``, empty =
-  the model's paper rules), ``global_rate`` (0 = the rules' rate), ``levels``, ``one_shot``,
-  ``rewind_iteration``
-* ``controls``: ``reinit``, ``random_prune`` (bools)
-* ``runtime``: ``devices`` (0 = all), ``data_parallel``, ``distributed`` (bools; with
-  ``coordinator_address``, ``num_processes``, ``process_id`` and ``process_timeout_seconds`` for
-  several processes), ``matmul_precision`` (auto | default | high | highest),
-  ``checkpoint_minutes`` (intra-level checkpoints; 0 = at level ends only), ``chunk_seconds``
-  (training time between two stop checks), ``stop_wait_seconds`` (how long a stop waits for the
-  chunk in flight, to save its progress, before giving it up), ``slice_iterations`` (a chunk is
-  whole slices of this many steps, a divisor of ``eval_every``; 0 = automatic, up to 10),
-  ``progress_seconds`` (between two progress lines).
-  These change how, not what, is computed: a workdir may be resumed with other values.
+The experiment's identity (``identity``) is a digest of the config without ``runtime.*``. Fields added
+after the first experiments were recorded are listed in ``LATER_FIELDS`` with a neutral default (the
+behaviour from before they existed): at that default they are left out of the identity and of the
+comparison with a saved config, so that workdirs made before them keep their identity.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
+from typing import Any, Mapping
 
 import ml_collections
 
@@ -43,89 +29,192 @@ OPTIMIZERS = ("adam", "sgd", "momentum")
 #: ``global_neuron_magnitude``), or an N:M pattern written "N:M" (e.g. "2:4": N:M magnitude
 #: pruning reached by rounds, ``structured.nm_iterative``; see ``nm_pattern``).
 STRATEGIES = ("paper", "layerwise", "global", "neuron", "global_neuron")
-SOURCES = ("tfds", "files", "synthetic")
+SOURCES = ("auto", "tfds", "files", "synthetic")
 AUGMENT = ("auto", "on", "off")
 MATMUL_PRECISIONS = ("auto", "default", "high", "highest")
 # = lth_jax.models.convolution.IMPLEMENTATIONS (tested)
 CONVOLUTIONS = ("auto", "xla", "canonical_vjp", "winograd")
+#: ``prune.retrain``: how a pruned network is retrained after each pruning round (Renda, Frankle &
+#: Carbin, ICLR 2020). ``weight_rewinding``: rewind the survivors to θ₀ (θ_k) and replay the schedule
+#: from k, the lottery ticket. ``lr_rewinding``: keep the trained weights and replay the last
+#: ``retrain_iterations`` of the learning-rate schedule. ``fine_tuning``: keep the trained weights
+#: and train ``retrain_iterations`` at the schedule's final learning rate.
+RETRAIN_RULES = ("weight_rewinding", "lr_rewinding", "fine_tuning")
 
 
 class ConfigError(ValueError):
     """A config value is invalid; the message names the field."""
 
 
+#: The schema: (field, default, meaning). The meaning is what ``--help`` prints.
+FIELDS: tuple[tuple[str, Any, str], ...] = (
+    ("seed", 0, "root random seed: θ₀, data order, random masks and reinit all derive from it"),
+    ("trials", 1, "independent repetitions, each with its own θ₀ and data order"),
+    ("model.name", "lenet300_100",
+     "network: lenet300_100, conv2, conv4, conv6, vgg19, resnet20 (= resnet18)"),
+    ("model.dropout_rate", 0.0, "dropout after each hidden FC layer (Conv-2/4/6 only; paper: 0.5)"),
+    ("model.conv", "auto",
+     "convolution implementation: auto (winograd on CPU, xla on GPU/TPU) | xla | canonical_vjp | "
+     "winograd (canonical_vjp + Winograd F(2x2,3x3) on wide 3x3 stride-1 layers)"),
+    ("dataset.name", "mnist", "mnist | fashion_mnist | cifar10 (any name with source=synthetic)"),
+    ("dataset.source", "auto", "auto (a prepared TFDS dataset, else the files in the data cache "
+                               "or /usr/share/datasets, else a verified download of the official "
+                               "files) | tfds | files (IDX or CIFAR-10 python batches) | synthetic "
+                               "(made-up data, no files)"),
+    ("dataset.path", "", "folder of the files (source=files or auto); empty: the data cache "
+                         "($LTH_JAX_DATA, else ~/.cache/lth_jax/datasets)/NAME, then "
+                         "/usr/share/datasets/NAME"),
+    ("dataset.data_dir", "", "TFDS data dir (source=tfds or auto); empty: TFDS's default"),
+    ("dataset.mirror", "", "base URL the downloads of source=auto come from, laid out "
+                           "{mirror}/{name}/{file} ('' = the official sites; file:// works)"),
+    ("dataset.validation_size", 5000,
+     "training examples held out; early stopping = minimum validation loss"),
+    ("dataset.augment", "auto",
+     "auto (on for 32x32 RGB data such as CIFAR-10) | on | off: random crops and flips"),
+    # Synthetic data only. () = the shape of dataset.name (cifar10: 32x32x3, mnist/fashion_mnist:
+    # 28x28x1), so --config.dataset.source=synthetic keeps a config's model and FLOPs; train_size
+    # exceeds validation_size's default, so any config runs on synthetic data.
+    ("dataset.image_shape", (), "synthetic: (height, width, channels); () = the named dataset's shape"),
+    ("dataset.num_classes", 10, "synthetic: number of classes"),
+    ("dataset.train_size", 10_000, "synthetic: training examples (validation included)"),
+    ("dataset.test_size", 2_000, "synthetic: test examples"),
+    ("dataset.train_subset", 0, "train on only the first N examples left after the validation "
+                                "hold-out (0 = all of them)"),
+    ("train.iterations", 50_000, "training iterations of every run (each level, trial and variant)"),
+    ("train.batch_size", 60, "examples per training step"),
+    ("train.optimizer", "adam", "adam | sgd | momentum"),
+    ("train.learning_rate", 1.2e-3, "learning rate (after warmup, before drops)"),
+    ("train.momentum", 0.9, "momentum coefficient (optimizer=momentum)"),
+    ("train.weight_decay", 0.0, "L2 weight decay, added to the gradient"),
+    ("train.lr_drops", (), "iterations where the learning rate is multiplied by lr_drop_factor"),
+    ("train.lr_drop_factor", 0.1, "factor applied at each of lr_drops"),
+    ("train.warmup_iterations", 0, "linear learning-rate warmup over this many iterations (0 = none)"),
+    ("train.eval_every", 100, "validation every this many iterations (divides iterations)"),
+    ("train.test_every_evals", 1, "test curve at every N-th evaluation (1 = all, the paper's "
+                                  "protocol; 0 = none); the test accuracy at early stop is exact "
+                                  "regardless"),
+    ("train.eval_batch_size", 2500, "batch size of the evaluation passes"),
+    ("prune.strategy", "paper", "paper (the network's own: layerwise or global) | layerwise | "
+                                "global | neuron | global_neuron (whole neurons/filters) | N:M, "
+                                "e.g. 2:4"),
+    ("prune.rules", (), "((regex, rate), ...): per-round rate of the leaves whose whole '/'-path "
+                        "matches; first match wins; () = the model's paper rules"),
+    ("prune.global_rate", 0.0, "per-round rate of global pruning; 0 = the rules' (single) rate"),
+    ("prune.levels", 16, "pruning levels after the dense level 0 (rate 0.2: level L keeps 0.8^L)"),
+    ("prune.one_shot", False, "prune level L in one step from the dense run instead of iteratively"),
+    ("prune.rewind_iteration", 0, "rewind survivors to θ_k, the weights at iteration k (late "
+                                  "resetting); 0 = θ₀"),
+    ("prune.retrain", "weight_rewinding",
+     "how each pruned network is retrained: weight_rewinding (to θ₀ or θ_k, the lottery ticket) | "
+     "lr_rewinding (keep the trained weights, replay the last retrain_iterations of the schedule) "
+     "| fine_tuning (keep the trained weights, retrain_iterations at the final learning rate)"),
+    ("prune.retrain_iterations", 0, "t, the retraining budget of lr_rewinding and fine_tuning (a "
+                                    "multiple of train.eval_every, at most train.iterations)"),
+    ("controls.reinit", True, "also train each ticket's mask from fresh random weights"),
+    ("controls.random_prune", True, "also train a random mask with the ticket's per-layer counts"),
+    ("runtime.devices", 0, "devices to use (0 = all)"),
+    ("runtime.data_parallel", False, "split each batch over the devices (one large run, e.g. VGG-19)"),
+    ("runtime.distributed", False, "several processes (hosts): jax.distributed.initialize() first"),
+    ("runtime.coordinator_address", "", "'host:port' of process 0 (runtime.distributed; '' = JAX "
+                                        "detects it: Cloud TPU, SLURM, ...)"),
+    ("runtime.num_processes", 0, "number of processes (runtime.distributed; 0 = JAX detects it)"),
+    ("runtime.process_id", -1, "this process's index (runtime.distributed; -1 = JAX detects it)"),
+    ("runtime.process_timeout_seconds", 60.0, "a process silent this long (dead, host down) stops "
+                                              "the others with one line"),
+    ("runtime.matmul_precision", "auto", "auto (highest on CPU; default on GPU/TPU: TF32 / "
+                                         "bfloat16 passes) | default | high | highest"),
+    ("runtime.checkpoint_minutes", 10.0,
+     "checkpoint within a level this often (0 = at level ends only)"),
+    ("runtime.chunk_seconds", 4.0, "training time between two checks for a stop (Ctrl-C, SIGTERM)"),
+    # Twice chunk_seconds, so that an ordinary chunk finishes and is saved; a number of its own, so
+    # that a stop is bounded by itself.
+    ("runtime.stop_wait_seconds", 8.0, "a stop waits this long for the chunk in flight (to save its "
+                                       "progress), then gives it up"),
+    ("runtime.slice_iterations", 0, "a chunk is whole slices of this many steps, a divisor of "
+                                    "train.eval_every (0 = auto: up to 10, ~2 s on a CPU)"),
+    ("runtime.progress_seconds", 30.0, "at most one progress line per this many seconds"),
+    ("runtime.tensorboard", True, "write TensorBoard event files to WORKDIR/tensorboard as chunks "
+                                  "finish (view: tensorboard --logdir WORKDIR/tensorboard)"),
+)
+
+#: Fields that change how, not what, is computed: never part of the identity. A mirror serves
+#: the same files, verified by their checksums.
+NOT_IDENTITY = ("runtime.", "dataset.mirror")
+#: Fields added after experiments were recorded, with the default that means "as before they
+#: existed": at that value they are left out of the identity (``comparable``).
+LATER_FIELDS: dict[str, Any] = {
+    "dataset.train_subset": 0,
+    "prune.retrain": "weight_rewinding",
+    "prune.retrain_iterations": 0,
+}
+
+
+def build(fields: tuple[tuple[str, Any, str], ...]) -> ml_collections.ConfigDict:
+    """A ConfigDict with the default of every ``(dotted name, default, meaning)`` row, groups made
+    on the way (``FIELDS``, or a branch's fields)."""
+    c = ml_collections.ConfigDict()
+    for name, default, _ in fields:
+        node = c
+        *groups, leaf = name.split(".")
+        for group in groups:
+            if group not in node:
+                node[group] = ml_collections.ConfigDict()
+            node = node[group]
+        node[leaf] = default
+    return c
+
+
 def base_config() -> ml_collections.ConfigDict:
     """The schema with defaults (LeNet-300-100 on MNIST, the paper's setup, one trial)."""
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.trials = 1
+    return build(FIELDS)
 
-    c.model = ml_collections.ConfigDict()
-    c.model.name = "lenet300_100"
-    c.model.dropout_rate = 0.0
-    # Convolution implementation (conv nets): "auto" = "winograd" on CPU (gradients as canonical
-    # convolutions, fast inside XLA:CPU loops, and Winograd's F(2x2, 3x3) for the wide stride-1 3x3
-    # layers), "xla" on GPU/TPU. See lth_jax.models.convolution.
-    c.model.conv = "auto"
 
-    c.dataset = ml_collections.ConfigDict()
-    c.dataset.name = "mnist"
-    c.dataset.source = "tfds"
-    c.dataset.path = ""
-    c.dataset.data_dir = ""
-    c.dataset.validation_size = 5000
-    c.dataset.augment = "auto"
-    # Synthetic data only. image_shape () = the shape of the dataset `name` (cifar10: 32x32x3,
-    # mnist/fashion_mnist: 28x28x1), so `--config.dataset.source=synthetic` keeps a config's model
-    # and FLOPs. train_size exceeds validation_size's default, so any config runs on synthetic data.
-    c.dataset.image_shape = ()
-    c.dataset.num_classes = 10
-    c.dataset.train_size = 10_000
-    c.dataset.test_size = 2_000
+def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}``: a nested dict (a resolved config) by dotted field name."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
-    c.train = ml_collections.ConfigDict()
-    c.train.iterations = 50_000
-    c.train.batch_size = 60
-    c.train.optimizer = "adam"
-    c.train.learning_rate = 1.2e-3
-    c.train.momentum = 0.9
-    c.train.weight_decay = 0.0
-    c.train.lr_drops = ()
-    c.train.lr_drop_factor = 0.1
-    c.train.warmup_iterations = 0
-    c.train.eval_every = 100
-    # The test curve: measured at every this many evaluations (1 = every evaluation, the paper's
-    # protocol; 0 = never). Test accuracy at early stop and at the end is measured regardless.
-    c.train.test_every_evals = 1
-    c.train.eval_batch_size = 2500
 
-    c.prune = ml_collections.ConfigDict()
-    c.prune.strategy = "paper"
-    c.prune.rules = ()
-    c.prune.global_rate = 0.0
-    c.prune.levels = 16
-    c.prune.one_shot = False
-    c.prune.rewind_iteration = 0
+def to_json(config: ml_collections.ConfigDict) -> dict:
+    """The resolved config as plain JSON data (tuples become lists)."""
+    return json.loads(json.dumps(config.to_dict()))
 
-    c.controls = ml_collections.ConfigDict()
-    c.controls.reinit = True
-    c.controls.random_prune = True
 
-    c.runtime = ml_collections.ConfigDict()
-    c.runtime.devices = 0             # how many devices to use (0 = all)
-    c.runtime.data_parallel = False   # split each batch over the devices (one large run, e.g. VGG-19)
-    c.runtime.distributed = False     # several processes (hosts): jax.distributed.initialize()
-    c.runtime.coordinator_address = ""  # "host:port" of process 0 ("" = JAX detects it)
-    c.runtime.num_processes = 0       # how many processes (0 = JAX detects it)
-    c.runtime.process_id = -1         # this process's index (-1 = JAX detects it)
-    c.runtime.process_timeout_seconds = 60.0  # a silent process is waited for this long
-    c.runtime.matmul_precision = "auto"  # auto (highest on CPU, default on GPU/TPU) | default | high | highest
-    c.runtime.checkpoint_minutes = 10.0  # intra-level checkpoint every this often (0 = level ends only)
-    c.runtime.chunk_seconds = 4.0     # each chunk of a level trains about this long: a stop waits for it
-    c.runtime.stop_wait_seconds = 8.0  # ... at most this long (twice chunk_seconds), then gives it up
-    c.runtime.slice_iterations = 0    # a chunk is whole slices of this many steps (0 = auto)
-    c.runtime.progress_seconds = 30.0  # at most one progress line per this many seconds
-    return c
+def comparable(resolved: Mapping) -> dict[str, Any]:
+    """What makes two experiments the same: the resolved config (plain JSON data), flattened,
+    without the ``NOT_IDENTITY`` fields and the ``LATER_FIELDS`` at their neutral default."""
+    flat = flatten(resolved)
+    return {k: v for k, v in flat.items() if not k.startswith(NOT_IDENTITY)
+            and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+
+
+def identity(resolved: Mapping) -> str:
+    """The experiment's identity: a digest of ``comparable(resolved)``, stored in every record and
+    checkpoint. Equal for configs that differ only in ``runtime.*`` or in later fields left at
+    their neutral default."""
+    flat = comparable(resolved)
+    nested: dict[str, Any] = {}
+    for name, value in flat.items():  # the nested form, so that identities made before stand
+        node = nested
+        *groups, leaf = name.split(".")
+        for group in groups:
+            node = node.setdefault(group, {})
+        node[leaf] = value
+    text = json.dumps(nested, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def differences(saved: Mapping, current: Mapping) -> list[tuple[str, Any, Any]]:
+    """``(field, saved value, current value)`` of every field in which two resolved configs differ
+    for ``comparable``; ``"<missing>"`` stands for a field one of them lacks."""
+    a, b = comparable(saved), comparable(current)
+    return [(k, a.get(k, "<missing>"), b.get(k, "<missing>")) for k in sorted(set(a) | set(b))
+            if a.get(k, "<missing>") != b.get(k, "<missing>")]
 
 
 # (iterations, learning rate) of Conv-2/4/6 without and with dropout, from the paper's Fig. 2 and
@@ -232,11 +321,6 @@ def nm_pattern(strategy: str) -> tuple[int, int] | None:
     return (n, m) if 1 <= n < m <= 64 else None
 
 
-#: Fields a config may add to ``base_config()``'s. Not in it, so that adding them did not change
-#: the experiment identity (``workdir.identity``) of the configs that do not set them.
-OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {"dataset": ("train_subset",)}
-
-
 def validate(c: ml_collections.ConfigDict) -> None:
     """Check every field before any training; raise ConfigError naming the first bad field.
 
@@ -253,8 +337,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
         if isinstance(expected[group], ml_collections.ConfigDict):
             if not isinstance(c[group], ml_collections.ConfigDict):
                 _fail(group, f"must be a group of fields, got {c[group]!r}")
-            unknown = sorted(set(c[group].keys()) - set(expected[group].keys())
-                             - set(OPTIONAL_FIELDS.get(group, ())))
+            unknown = sorted(set(c[group].keys()) - set(expected[group].keys()))
             if unknown:
                 _fail(f"{group}.{unknown[0]}",
                       f"unknown field; {group} has {', '.join(sorted(expected[group].keys()))}")
@@ -281,8 +364,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail("dataset.name", f"unknown dataset {c.dataset.name!r} for source {source!r}; "
                               "choose mnist, fashion_mnist or cifar10 (or source=synthetic)")
     _int_at_least(c, "dataset.validation_size", 0)
-    if "train_subset" in c.dataset:  # optional: see the module docstring
-        _int_at_least(c, "dataset.train_subset", 0)
+    _int_at_least(c, "dataset.train_subset", 0)
     _choice(c, "dataset.augment", AUGMENT)
     if source == "synthetic":
         shape = _sequence(c, "dataset.image_shape")
@@ -380,7 +462,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
                                       or process_id > 0):
         _fail("runtime.distributed", "must be True when runtime.coordinator_address, "
               "num_processes or process_id is set")
-    for field in ("data_parallel", "distributed"):
+    if not isinstance(c.dataset.mirror, str):
+        _fail("dataset.mirror", f"must be a URL string, got {c.dataset.mirror!r}")
+    for field in ("data_parallel", "distributed", "tensorboard"):
         if not isinstance(c.runtime[field], bool):
             _fail(f"runtime.{field}", f"must be True or False, got {c.runtime[field]!r}")
     for field in ("reinit", "random_prune"):
@@ -388,3 +472,33 @@ def validate(c: ml_collections.ConfigDict) -> None:
             _fail(f"controls.{field}", f"must be True or False, got {c.controls[field]!r}")
     if not isinstance(p.one_shot, bool):
         _fail("prune.one_shot", f"must be True or False, got {p.one_shot!r}")
+    _check_retraining(c)
+
+
+def _check_retraining(c: ml_collections.ConfigDict) -> None:
+    """The retraining rule and its budget, and the combinations that mean nothing under it."""
+    p = c.prune
+    rule = _choice(c, "prune.retrain", RETRAIN_RULES)
+    budget = _int_at_least(c, "prune.retrain_iterations", 0)
+    iterations, eval_every = c.train.iterations, c.train.eval_every
+    if rule == "weight_rewinding":
+        if budget:
+            _fail("prune.retrain_iterations", f"{budget}, but weight rewinding retrains from "
+                  "prune.rewind_iteration to the end; set it to 0 (or prune.retrain=lr_rewinding "
+                  "or fine_tuning)")
+        return
+    if not budget:
+        _fail("prune.retrain_iterations", f"must be > 0 with prune.retrain={rule} (the iterations "
+              "of each retraining)")
+    if budget > iterations or budget % eval_every:
+        _fail("prune.retrain_iterations", f"{budget} must be a multiple of train.eval_every="
+              f"{eval_every} in (0, train.iterations={iterations}]")
+    if p.rewind_iteration:
+        _fail("prune.rewind_iteration", f"{p.rewind_iteration}, but prune.retrain={rule} keeps the "
+              "trained weights and rewinds none; set it to 0")
+    if c.controls.reinit:
+        # The ticket keeps its trained weights; fresh weights retrained for t iterations at the end
+        # of the schedule are no control for that (the random-pruning control is: random survivors
+        # of the same trained network, retrained alike).
+        _fail("controls.reinit", f"prune.retrain={rule} keeps the trained weights, so a "
+              "reinitialised network retrained alike compares nothing; set controls.reinit=False")

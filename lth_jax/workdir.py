@@ -36,6 +36,8 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from lth_jax import config as config_lib
+
 CONFIG = "config.json"
 RESULTS = "results.jsonl"
 CHECKPOINTS = "checkpoints"
@@ -103,11 +105,9 @@ def expected_runs(config: Mapping) -> list[tuple[int, str, int]]:
 
 
 def identity(config: Mapping) -> str:
-    """The experiment's identity: a digest of the resolved config without ``runtime.*`` (which
-    changes how, not what, is computed). Stored in every record and checkpoint."""
-    what = {k: v for k, v in config.items() if k != "runtime"}
-    text = json.dumps(what, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """The experiment's identity (``config.identity``): a digest of the resolved config without
+    ``runtime.*``, stored in every record and checkpoint."""
+    return config_lib.identity(config)
 
 
 def read_config(workdir: str) -> dict | None:
@@ -149,26 +149,29 @@ def _write_atomically(path: str, write: Callable[[Any], Any]) -> None:
 
 # ----------------------------------------------------------------------------- records
 
-def read_records(workdir: str, warn: Callable[[str], None] | None = None) -> list[dict]:
-    """The records of ``results.jsonl`` (none if it does not exist), in file order.
+def read_records(workdir: str, warn: Callable[[str], None] | None = None, *,
+                 file: str = RESULTS, key: Sequence[str] = REQUIRED_FIELDS) -> list[dict]:
+    """The records of ``workdir/file`` (none if it does not exist), in file order.
 
-    The one reading rule, for the run, the report and ``load_experiment``: blank lines are skipped;
-    a half-written *last* line (a process killed while appending) is dropped with a warning; any
-    other line that is not a JSON object with ``trial``, ``level`` and ``variant`` raises
-    WorkdirError naming the line. When a (trial, level, variant) appears more than once, the
-    *later* record wins (at the later one's position), with a warning.
+    The one reading rule, for the lottery, every branch, the report and ``load_experiment``
+    (``key``: the fields that name a record, ``("trial", "level", "variant")`` for the lottery's):
+    blank lines are skipped; a half-written *last* line (a process killed while appending) is
+    dropped with a warning; any other line that is not a JSON object with the ``key`` fields raises
+    WorkdirError naming the line. When a key appears more than once, the *later* record wins (at
+    the later one's position), with a warning. A writer repairs the file by writing back what this
+    returns (``write_records``).
     """
-    path = os.path.join(workdir, RESULTS)
+    path = os.path.join(workdir, file)
     if not os.path.isfile(path):
         return []
     with open(path, encoding="utf-8", errors="replace") as f:
         lines = f.read().split("\n")
     numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
-    by_key: dict[tuple[int, int, str], dict] = {}
+    by_key: dict[tuple, dict] = {}
     for index, (n, line) in enumerate(numbered):
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, ValueError) as e:  # ValueError: an integer of 5,000 digits
             if index == len(numbered) - 1 and n == len(lines):  # no newline after it: cut short
                 if warn:
                     warn(f"{path}:{n}: ignoring unparseable last line (half-written record?)")
@@ -177,28 +180,43 @@ def read_records(workdir: str, warn: Callable[[str], None] | None = None) -> lis
         if not isinstance(record, dict):
             raise WorkdirError(f"{path}: line {n} is a JSON {type(record).__name__}, not a record "
                                f"object; {_FIX}")
-        absent = [k for k in REQUIRED_FIELDS if k not in record]
+        absent = [k for k in key if k not in record]
+        if absent:
+            raise WorkdirError(f"{path}: line {n} lacks required field(s) {', '.join(absent)}; "
+                               f"{_FIX}")
         try:
-            key = (int(record["trial"]), int(record["level"]), str(record["variant"]))
-        except (KeyError, TypeError, ValueError):
-            what = (f"lacks required field(s) {', '.join(absent)}" if absent
-                    else "has a non-integer trial or level")
-            raise WorkdirError(f"{path}: line {n} {what}; {_FIX}") from None
-        if key in by_key:
+            name = record_name(record, key)
+        except (TypeError, ValueError):
+            raise WorkdirError(f"{path}: line {n} has a non-integer trial or level; "
+                               f"{_FIX}") from None
+        if name in by_key:
             if warn:
-                warn(f"{path}:{n}: duplicate record for trial {key[0]}, level {key[1]}, variant "
-                     f"{key[2]!r}; keeping the later one")
-            del by_key[key]  # so that the kept record takes the later position
-        by_key[key] = record
+                shown = ", ".join(f"{k} {v!r}" for k, v in zip(key, name))
+                warn(f"{path}:{n}: duplicate record for {shown}; keeping the later one")
+            del by_key[name]  # so that the kept record takes the later position
+        by_key[name] = record
     return list(by_key.values())
+
+
+def record_name(record: Mapping, key: Sequence[str] = REQUIRED_FIELDS) -> tuple:
+    """What names a record: the values of its ``key`` fields, hashable (lists become tuples);
+    the lottery's ``(trial, level, variant)`` as ``(int, int, str)``. Raises TypeError or
+    ValueError for a lottery record whose trial or level is not an integer."""
+    if tuple(key) == REQUIRED_FIELDS:
+        return int(record["trial"]), int(record["level"]), str(record["variant"])
+    return tuple(_hashable(record[k]) for k in key)
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
 
 
 _FIX = ("remove that line (a rerun restores a finished level's records from its checkpoint)")
 
 
-def write_records(workdir: str, records: Sequence[dict]) -> None:
-    """Replace ``results.jsonl`` by ``records`` atomically (a rename)."""
-    _write_atomically(os.path.join(workdir, RESULTS), lambda f: f.writelines(
+def write_records(workdir: str, records: Sequence[dict], file: str = RESULTS) -> None:
+    """Replace ``workdir/file`` by ``records`` atomically (a rename)."""
+    _write_atomically(os.path.join(workdir, file), lambda f: f.writelines(
         json.dumps(r, allow_nan=False) + "\n" for r in records))
 
 
@@ -418,7 +436,13 @@ class Lock:
         return holder if isinstance(holder, dict) else None
 
     def release(self) -> None:
+        """Give the lock back; the file then names no holder, so the next process does not report
+        taking over the lock of an ended one."""
         if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError:  # a full or read-only disk: the flock is released all the same
+                pass
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
