@@ -556,3 +556,8 @@ def make_trainer(model: nn.Module, train_cfg: ml_collections.ConfigDict, augment
                    eval_batch_size=int(train_cfg.eval_batch_size), augment=bool(augment),
                    test_every=int(train_cfg.eval_every) * int(train_cfg.test_every_evals),
                    batch_sharding=batch_sharding)
+
+
+def constant_schedule(rate: float) -> Callable[[jax.Array], jax.Array]:
+    """``step -> rate`` for every step (fine-tuning at a schedule's final learning rate)."""
+    return lambda step: jnp.full((), rate, jnp.float32)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import fusion_emitters, tiny_config
+from lth_jax import config as config_lib
 from lth_jax import lottery, masks, pruning
 from lth_jax import train as train_lib
 from lth_jax import workdir as workdir_lib
@@ -272,7 +273,7 @@ def test_the_slice_length_does_not_change_the_numbers(exp_tiny, slice_iterations
         v["params"], v["batch_stats"], mask, keys, keys, start=25, capture=-1)
     for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(other), strict=True):
         np.testing.assert_array_equal(a, b)
-    with pytest.raises(lottery.config_lib.ConfigError, match="runtime.slice_iterations"):
+    with pytest.raises(config_lib.ConfigError, match="runtime.slice_iterations"):
         lottery.Runner(exp_tiny, slice_iterations=7)
 
 

@@ -30,6 +30,7 @@ from conftest import TINY, set_field, tiny_config
 from lth_jax import config as config_lib
 from lth_jax import data as data_lib
 from lth_jax import lottery, masks, pruning, tickets
+from lth_jax import train as train_lib
 from lth_jax import workdir as workdir_lib
 
 TIMING = set(lottery.TIMING_FIELDS)
@@ -165,7 +166,7 @@ def test_same_seed_gives_identical_records_theta0_and_masks(reference, level0_ru
 def next_masks(exp, saved):
     """The level-1 ticket masks from a saved level 0 (as lottery.run computes them)."""
     level0 = saved["levels"][0]
-    return lottery.Pieces(exp).prune(level0["trained_params"], level0["mask"], 1)
+    return lottery.steps(exp).prune(level0["trained_params"], level0["mask"], 1)
 
 
 def test_different_seed_changes_theta0_masks_and_data_order(reference, level0_runs, exp):
@@ -263,7 +264,7 @@ def test_no_run_of_the_recorded_lenet_experiment_trips_the_divergence_rule():
     for r in records:
         loss = np.array(r["train_loss"], np.float64)
         assert np.isfinite(loss).all()
-        assert lottery.train_lib.diverged(loss, r.get("initial_train_loss") or np.nan, 10) == -1
+        assert train_lib.diverged(loss, r.get("initial_train_loss") or np.nan, 10) == -1
     assert max(max(r["train_loss"]) for r in records) < 0.1 * 10 * math.log(10)
 
 
@@ -277,7 +278,7 @@ def test_non_finite_numbers_never_reach_the_results(exp, nonfinite_step):
     mask = jax.tree.map(lambda s: np.ones(s.shape, bool), shapes)
     periods = TINY["train.iterations"] // TINY["train.eval_every"]
     nan = np.full((1, periods), np.nan, np.float32)
-    result = lottery.train_lib.RunResult(
+    result = train_lib.RunResult(
         params=None, batch_stats=None, train_loss=np.ones((1, periods), np.float32), val_loss=nan,
         val_accuracy=nan, test_loss=np.full((1, periods), np.inf, np.float32), test_accuracy=nan,
         best_period=np.array([-1]), best_test_loss=np.array([np.nan]),

@@ -5,6 +5,7 @@ lost points, and tolerant of a file cut short by a crash."""
 from __future__ import annotations
 
 import math
+import os
 import struct
 
 import numpy as np
@@ -175,3 +176,42 @@ def test_tensorboard_reads_them(tmp_path):
     assert sorted(acc.Tags()["scalars"]) == sorted(ours)
     for tag, points in ours.items():
         assert [(e.step, e.value) for e in acc.Scalars(tag)] == points
+
+
+# ----------------------------------------------------------------------------- live, in a run
+
+def test_a_run_writes_its_curves_live_and_a_resume_neither_duplicates_nor_loses_points(tmp_path):
+    """The lottery (and every branch, through the same chunked training) writes each run's
+    curves under WORKDIR/tensorboard as chunks finish: stopped mid-level and resumed, every
+    run's points are its record's curves, each step once."""
+    import signal
+
+    import pytest
+
+    from conftest import tiny_config
+    from lth_jax import lottery
+
+    cfg = tiny_config(runtime__chunk_seconds=1e-6, runtime__checkpoint_minutes=1e-9)
+    workdir = str(tmp_path / "run")
+    seen = []
+    stop = lambda: signal.SIGINT if any(l.startswith("level  1  iteration 50/") for l in seen) else 0
+    with pytest.raises(lottery.Stopped):
+        lottery.run(cfg, workdir, log=seen.append, stop=stop)
+    partial = tb.read_scalars(os.path.join(workdir, "tensorboard"))
+    assert len(partial["level_01/ticket/trial_0"]["loss/validation"]) >= 2  # live, mid-level
+    records = lottery.run(cfg, workdir, log=lambda _: None)
+    scalars = tb.read_scalars(os.path.join(workdir, "tensorboard"))
+    assert sorted(scalars) == sorted(tb.run_name(r["level"], r["variant"], r["trial"])
+                                     for r in records)
+    for r in records:
+        run = scalars[tb.run_name(r["level"], r["variant"], r["trial"])]
+        for key in ("val_loss", "val_accuracy", "train_loss"):
+            points = run[tb.TAGS[key]]
+            assert [s for s, _ in points] == r["eval_iterations"]  # each step once, none lost
+            np.testing.assert_allclose([v for _, v in points], r[key], rtol=1e-7)
+        assert [s for s, _ in run["accuracy/test"]] == r["test_iterations"]
+        assert run["density"] == [(r["eval_iterations"][0], pytest.approx(r["density"]))]
+        assert all(v > 0 for _, v in run["speed/model_steps_per_s"])
+    off = str(tmp_path / "off")
+    lottery.run(tiny_config(runtime__tensorboard=False, prune__levels=0), off, log=lambda _: None)
+    assert not os.path.exists(os.path.join(off, "tensorboard"))
