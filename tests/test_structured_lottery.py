@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from lth_jax import cheaper_tickets, lottery, masks, pruning, structured
+from lth_jax import branches, lottery, masks, pruning, structured
+from lth_jax.branches import base, cheaper_tickets
 from lth_jax.config import ConfigError, validate
 
 KERNELS = ("Dense_0", "Dense_1", "Dense_2")
@@ -59,7 +60,7 @@ def test_two_four_is_reached_by_rounds_and_each_level_prunes_the_last_trained(tm
 
     # the cheaper-tickets methods rank single weights: an N:M lottery is refused, naming the field
     with pytest.raises(ValueError, match="prune.strategy"):
-        cheaper_tickets.run(cfg, str(tmp_path / "cheaper"), tickets=workdir)
+        base.run(branches.default_config(cheaper_tickets), cfg, workdir, log=lambda _: None)
 
 
 def test_neuron_strategy_removes_whole_neurons_with_their_outgoing_rows(tmp_path):

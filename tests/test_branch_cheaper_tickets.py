@@ -1,7 +1,7 @@
-"""The cheaper-tickets experiment mode: a tiny lottery first (LeNet on 8x8 synthetic data, levels
-0..3), then every method's masks at two target densities trained together. Asserts exact counts,
-the documented costs, IMP/one-shot/random against the lottery's own masks, the layerwise shuffles,
-resume without recomputation, the report and the command line."""
+"""The cheaper-tickets branch: a tiny trunk (LeNet on 8x8 synthetic data, levels 0..3), then
+every method's masks at two of its levels trained together. Asserts exact counts, the documented
+costs, IMP/one-shot/random against the trunk's own masks, the layerwise shuffles, each mask trained
+once, resume without recomputation, the report and the command line."""
 
 import math
 import os
@@ -10,22 +10,24 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from conftest import REPO, cli_flags, tiny_config
-from lth_jax import cheaper_tickets as ct
-from lth_jax import lottery, masks, pruning, scores, workdir
+from lth_jax import branches, lottery, masks, pruning, scores, workdir
+from lth_jax.branches import base
+from lth_jax.branches import cheaper_tickets as ct
 
-# 4 evaluations of 25 iterations; the lottery's layerwise rules (fc 20%, output 10%) give levels
-# at 80.2%, 64.3% and 51.6% of the weights, the closest to the targets 0.7 and 0.5 are 2 and 3.
+# 4 evaluations of 25 iterations; the trunk's layerwise rules (fc 20%, output 10%) give levels at
+# 80.2%, 64.3% and 51.6% of the weights; the branch compares at levels 2 and 3.
 SMALL = dict(train__iterations=100, train__eval_every=25, prune__levels=3, trials=1,
              controls__reinit=False, controls__random_prune=False)
-TARGETS = (0.7, 0.5)
+LEVELS = (2, 3)
 # ε = 1 makes every distance count as small: the detector fires at its (W+1)-th mask, iteration
 # 3 · 25 = 75 with W = 2, whatever the training does (a cost known exactly).
-OPTIONS = ct.Options(score_batches=2, synflow_rounds=5, early_bird_epsilon=1.0,
-                     early_bird_window=2)
+FIELDS = dict(levels=LEVELS, score_batches=2, synflow_rounds=5, early_bird_epsilon=1.0,
+              early_bird_window=2)
 B = 50  # TINY's train.batch_size
 
 
@@ -33,29 +35,29 @@ def _config():
     return tiny_config(**SMALL)
 
 
+def branch_config(**fields):
+    c = branches.default_config(ct)
+    for k, v in {**FIELDS, **fields}.items():
+        c[k] = v
+    return c
+
+
 @pytest.fixture(scope="module")
-def lottery_dir(tmp_path_factory):
+def experiment(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("lottery"))
-    lottery.run(_config(), path, log=lambda _: None)
-    return path
-
-
-@pytest.fixture(scope="module")
-def experiment(lottery_dir, tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("cheaper"))
     lines = []
-    records = ct.run(_config(), path, tickets=lottery_dir, densities=TARGETS, options=OPTIONS,
-                     log=lines.append)
-    return {"dir": path, "records": records, "lines": lines, "tickets": lottery_dir,
-            "saved": workdir.load_experiment(lottery_dir), "exp": lottery.setup(_config())}
+    folder = base.run(branch_config(), _config(), path, log=lines.append)
+    records = workdir.read_records(folder, key=ct.RECORD_KEY)
+    return {"workdir": path, "dir": folder, "records": records, "lines": lines,
+            "saved": workdir.load_experiment(path), "exp": lottery.setup(_config())}
 
 
 def _mask(experiment, record):
     return jax.tree.map(np.asarray, masks.load(os.path.join(experiment["dir"], record["mask_file"])))
 
 
-def _by(records, method, target):
-    (r,) = [r for r in records if r["method"] == method and r["target_density"] == target]
+def _by(records, method, level):
+    (r,) = [r for r in records if r["method"] == method and r["level"] == level]
     return r
 
 
@@ -73,15 +75,29 @@ def f32_round(fraction, n):
     return int(np.round(np.float32(fraction) * np.float32(n)))
 
 
-def test_every_group_is_recorded_once(experiment):
+def test_every_group_is_recorded_once_and_each_mask_trained_once(experiment):
     records = experiment["records"]
-    expected = {(0, t, m) for t in TARGETS for m in ct.METHODS} | {
-        (0, t, f"{m}+shuffle") for t in TARGETS for m in ct.SHUFFLED}
-    assert {(r["trial"], r["target_density"], r["method"]) for r in records} == expected
+    expected = {(0, lv, m) for lv in LEVELS for m in ct.METHODS} | {
+        (0, lv, f"{m}+shuffle") for lv in LEVELS for m in ct.SHUFFLED}
+    assert {(r["trial"], r["level"], r["method"]) for r in records} == expected
     assert len(records) == len(expected) == 24
-    assert all(r["status"] == "ok" and r["runs_in_program"] == 24 for r in records)
+    assert all(r["status"] == "ok" for r in records)
     assert all(0.0 <= r["test_accuracy_at_early_stop"] <= 1.0 for r in records)
     assert all(r["early_stop_iteration"] in (25, 50, 75, 100) for r in records)
+    # IMP's tickets are the trunk's runs: their outcome is the trunk's record, not trained again.
+    trunk = {(r["level"], r["variant"]): r for r in experiment["saved"]["records"]}
+    for level in LEVELS:
+        imp = _by(records, "imp", level)
+        assert imp["trained_in"] == "trunk"
+        for field in ("early_stop_iteration", "test_accuracy_at_early_stop", "val_loss",
+                      "final_test_accuracy"):
+            assert imp[field] == trunk[(level, "ticket")][field]
+    # The others (random too: this trunk has no random-pruning control) in one batch per trial,
+    # every distinct mask once.
+    trained = [r for r in records if r["trained_in"] == "branch" and "same_mask_as" not in r]
+    digests = {workdir.digest(_mask(experiment, r)) for r in trained}
+    assert len(digests) == len(trained) == trained[0]["runs_in_program"] == 22
+    assert "levels [2, 3]" in "\n".join(experiment["lines"])
 
 
 def test_imp_masks_are_the_lotterys_levels_and_random_is_its_control(experiment):
@@ -89,14 +105,13 @@ def test_imp_masks_are_the_lotterys_levels_and_random_is_its_control(experiment)
     level_density = {lv: ct._density(jax.tree.map(lambda x: x[0], saved["levels"][lv]["mask"]),
                                      exp.prunable) for lv in saved["levels"]}
     assert sorted(level_density) == [0, 1, 2, 3]
-    for target, level in ((0.7, 2), (0.5, 3)):
-        assert ct.closest_level(level_density, target) == level
-        imp = _by(experiment["records"], "imp", target)
+    for level in LEVELS:
+        imp = _by(experiment["records"], "imp", level)
         level_mask = jax.tree.map(lambda x: np.asarray(x[0]), saved["levels"][level]["mask"])
-        assert imp["imp_level"] == level and imp["density"] == level_density[level]
+        assert imp["target_density"] == imp["density"] == level_density[level]
         assert _equal(_mask(experiment, imp), level_mask)
         # The lottery's random-pruning control at that level: same key, same mask.
-        random = _by(experiment["records"], "random", target)
+        random = _by(experiment["records"], "random", level)
         # (Jitted as the mode jits it: one compilation, shared through the XLA cache.)
         expected = jax.jit(pruning.random_like)(
             lottery.trial_key(0, 0, lottery.RANDOM_MASK, level), level_mask)
@@ -109,10 +124,11 @@ def test_achieved_densities_are_exact_counts(experiment):
     exp = experiment["exp"]
     sizes = {"Dense_0/kernel": 64 * 300, "Dense_1/kernel": 300 * 100, "Dense_2/kernel": 100 * 10}
     total = sum(sizes.values())
-    for target in TARGETS:
+    for level in LEVELS:
+        target = _by(experiment["records"], "imp", level)["target_density"]
         # SNIP, GraSP, SynFlow: one global ranking, exactly round(target · total) weights.
         for method in ("snip", "grasp", "synflow"):
-            r = _by(experiment["records"], method, target)
+            r = _by(experiment["records"], method, level)
             assert r["alive"] == f32_round(target, total) == sum(r["layer_alive"].values())
             assert r["density"] == r["alive"] / total
         # One-shot and early-bird: IMP's allocation, round(d_l · n_l) per layer.
@@ -120,7 +136,7 @@ def test_achieved_densities_are_exact_counts(experiment):
         per_leaf = {k: _leaf(allocation.density, k) for k in sizes}
         expected = {k: f32_round(per_leaf[k], n) for k, n in sizes.items()}
         for method in ("oneshot", "earlybird"):
-            r = _by(experiment["records"], method, target)
+            r = _by(experiment["records"], method, level)
             assert r["layer_alive"] == expected
             assert abs(r["alive"] - target * total) <= len(sizes)
 
@@ -155,19 +171,19 @@ def test_lottery_allocation_follows_the_rates():
 def test_one_shot_is_magnitude_of_the_trained_dense_network(experiment):
     saved, exp = experiment["saved"], experiment["exp"]
     trained = jax.tree.map(lambda x: x[0], saved["levels"][0]["trained_params"])
-    for target in TARGETS:
-        a = ct.lottery_allocation(exp, target)
+    for level in LEVELS:
+        a = ct.lottery_allocation(exp, _by(experiment["records"], "imp", level)["target_density"])
         expected = jax.jit(lambda t, d: scores.magnitude(t, masks.ones_like(t), d, a.prunable,
                                                          a.allocation))(trained, a.density)
-        r = _by(experiment["records"], "oneshot", target)
+        r = _by(experiment["records"], "oneshot", level)
         assert _equal(_mask(experiment, r), jax.tree.map(np.asarray, expected))
 
 
 def test_costs_are_as_documented(experiment):
     records = experiment["records"]
-    for target, level in ((0.7, 2), (0.5, 3)):
+    for level in LEVELS:
         cost = {r["method"]: (r["cost_model_steps"], r["cost_fwd_bwd_passes"], r["cost_examples"])
-                for r in records if r["target_density"] == target}
+                for r in records if r["level"] == level}
         assert cost["imp"] == (100 * level, 0, 0)            # one full training per level
         assert cost["oneshot"] == (100, 0, 0)                # one training
         assert cost["earlybird"] == (75, 0, 0)               # fired at its 3rd mask
@@ -176,12 +192,12 @@ def test_costs_are_as_documented(experiment):
         assert cost["synflow"] == (0, 5, 5)                  # one fwd+bwd per round, 1 example
         assert cost["random"] == (0, 0, 0)                   # layerwise: counts from the rates
         for r in records:
-            if r["target_density"] == target:
+            if r["level"] == level:
                 assert r["imp_cost"] == 100 * level
                 assert r["cost"] == r["cost_model_steps"] + r["cost_examples"] / B
                 if "+" in r["method"]:
                     assert cost[r["method"]] == cost[r["source"]]
-        eb = _by(records, "earlybird", target)["early_bird"]
+        eb = _by(records, "earlybird", level)["early_bird"]
         assert eb == {"found": True, "iteration": 75, "epsilon": 1.0, "window": 2,
                       "every_iterations": 25}
     # With rewinding to k, levels after 0 train from k: level 3 = 100 + 2 · (100 - 25).
@@ -190,9 +206,9 @@ def test_costs_are_as_documented(experiment):
 
 def test_shuffles_keep_layer_counts_at_other_positions(experiment):
     records = experiment["records"]
-    for target in TARGETS:
+    for level in LEVELS:
         for method in ct.SHUFFLED:
-            source, shuffled = _by(records, method, target), _by(records, f"{method}+shuffle", target)
+            source, shuffled = _by(records, method, level), _by(records, f"{method}+shuffle", level)
             assert shuffled["source"] == method
             assert shuffled["layer_alive"] == source["layer_alive"]
             assert shuffled["alive"] == source["alive"]
@@ -203,70 +219,84 @@ def test_shuffles_keep_layer_counts_at_other_positions(experiment):
             assert np.all(_leaf(b, "Dense_0/bias"))  # never-pruned leaves stay all-True
 
 
-def test_early_bird_that_never_fires_takes_the_final_dense_mask(experiment):
+def test_early_bird_that_never_fires_takes_the_final_dense_mask(experiment, tmp_path):
     # ε = 0: no distance is below it. Training runs to the end, and the last mask is the magnitude
-    # mask of the lottery's trained dense network: the early-bird run is the lottery's level 0.
-    exp, saved = experiment["exp"], experiment["saved"]
-    options = ct.Options(early_bird_epsilon=0.0, early_bird_window=2, shuffle=False)
-    runs = ct.find_masks(exp, saved, 0, [(0.5, "earlybird"), (0.5, "oneshot")], options,
-                         log=lambda _: None)
-    oneshot, eb = runs
+    # mask of the trunk's trained dense network (the early-bird run is the trunk's level 0): it is
+    # one-shot's mask, trained once for both.
+    path = str(tmp_path / "w")
+    shutil.copytree(experiment["workdir"], path, ignore=shutil.ignore_patterns("branches"))
+    folder = base.run(branch_config(levels=(3,), methods=("earlybird", "oneshot"), shuffle=False,
+                                    early_bird_epsilon=0.0), _config(), path, log=lambda _: None)
+    eb, oneshot = (_by(workdir.read_records(folder, key=ct.RECORD_KEY), m, 3)
+                   for m in ("earlybird", "oneshot"))
     assert eb["early_bird"]["found"] is False and eb["early_bird"]["iteration"] == 100
     assert eb["cost_model_steps"] == 100
-    assert (eb["method"], oneshot["method"]) == ("earlybird", "oneshot")
-    assert _equal(eb["mask"], oneshot["mask"])
+    assert _equal(masks.load(os.path.join(folder, eb["mask_file"])),
+                  masks.load(os.path.join(folder, oneshot["mask_file"])))
+    assert eb["same_mask_as"] == "oneshot" and "same_mask_as" not in oneshot
+    assert eb["test_accuracy_at_early_stop"] == oneshot["test_accuracy_at_early_stop"]
 
 
 def test_resume_gives_the_same_records_without_recomputation(experiment, monkeypatch):
     path = experiment["dir"]
-    with open(os.path.join(path, ct.RECORDS)) as f:
+    with open(os.path.join(path, workdir.RESULTS)) as f:
         before = f.read()
 
     def fail(*args, **kwargs):
         raise AssertionError("recomputed on resume")
 
     monkeypatch.setattr(ct, "find_masks", fail)
-    monkeypatch.setattr(lottery.Runner, "__call__", fail)
-    again = ct.run(_config(), path, tickets=experiment["tickets"],
-                   densities=TARGETS, options=OPTIONS, log=lambda _: None)
-    assert again == experiment["records"]
-    with open(os.path.join(path, ct.RECORDS)) as f:
+    monkeypatch.setattr(lottery.Runner, "begin", fail)
+    again = base.run(branch_config(), _config(), experiment["workdir"], log=lambda _: None)
+    assert again == path
+    assert workdir.read_records(path, key=ct.RECORD_KEY) == experiment["records"]
+    with open(os.path.join(path, workdir.RESULTS)) as f:
         assert f.read() == before
-    for name in (ct.REPORT, ct.DENSITY_PLOT, ct.COST_PLOT):
-        assert os.path.getsize(os.path.join(path, name)) > 0
+    written = base.write_report(path)
+    assert sorted(os.path.basename(p) for p in written) == sorted(
+        [ct.REPORT, ct.DENSITY_PLOT, ct.COST_PLOT])
+    assert all(os.path.getsize(p) > 0 for p in written)
     table = open(os.path.join(path, ct.REPORT)).read()
-    assert "| 70% (IMP 64.3%) |" in table and "| 50% (IMP 51.6%) |" in table
+    assert "| 2 | 64.3% |" in table and "| 3 | 51.6% |" in table
     assert "SNIP+shuffle" in table and "## Cost to find the mask" in table
+    assert "95% confidence interval" in table
 
 
-def test_refusals(experiment, lottery_dir, tmp_path):
-    with pytest.raises(ValueError, match="another cheaper-tickets experiment"):
-        ct.run(_config(), experiment["dir"], tickets=lottery_dir, densities=TARGETS,
-               options=ct.Options(score_batches=3), log=lambda _: None)
+def test_refusals(experiment, tmp_path):
+    def refused(match, config=None, **fields):
+        with pytest.raises(Exception, match=match) as info:
+            base.run(branch_config(**fields), config or _config(), str(tmp_path / "new"),
+                     log=lambda _: None)
+        assert "\n" not in str(info.value)
+        assert not os.path.exists(tmp_path / "new" / "branches")  # nothing written before
+
+    refused("branch.methods", methods=("imp", "lottery"))
+    refused("branch.levels", levels=(0, 2))
+    refused("config.prune.levels", levels=(2, 5))  # the trunk stops at 3
+    refused("branch.allocation", allocation="everywhere")
+    refused("config.prune.one_shot", config=tiny_config(**{**SMALL, "prune__one_shot": True}))
+    refused("branch.trials", trials=2)
+    # Another experiment in --workdir: the trunk refuses it, naming the field.
     other = _config()
     other.train.learning_rate = 0.1
-    with pytest.raises(ValueError, match="train.learning_rate"):
-        ct.run(other, str(tmp_path), tickets=lottery_dir, log=lambda _: None)
-    with pytest.raises(ValueError, match="unknown method"):
-        ct.run(_config(), str(tmp_path), tickets=lottery_dir, methods=["imp", "lottery"],
-               log=lambda _: None)
-    with pytest.raises(ValueError, match="trial"):
-        ct.run(tiny_config(**{**SMALL, "trials": 2}), str(tmp_path), tickets=lottery_dir,
-               log=lambda _: None)
+    with pytest.raises(lottery.ExperimentError, match="train.learning_rate"):
+        base.run(branch_config(), other, experiment["workdir"], log=lambda _: None)
 
 
-def test_command_line_resumes_a_finished_experiment(experiment, lottery_dir, tmp_path):
+def test_command_line_resumes_a_finished_branch(experiment, tmp_path):
     path = str(tmp_path / "copy")
-    shutil.copytree(experiment["dir"], path)
+    shutil.copytree(experiment["workdir"], path)
     flags = cli_flags(**SMALL)
-    cmd = [sys.executable, "-m", "lth_jax.cheaper_tickets", "--config=configs/tiny.py", *flags,
-           f"--workdir={path}", f"--tickets={lottery_dir}", "--densities=0.7,0.5",
-           "--score_batches=2", "--synflow_rounds=5", "--early_bird_epsilon=1", "--early_bird_window=2"]
+    cmd = [sys.executable, "-m", "lth_jax.main", "--config=configs/tiny.py", *flags,
+           f"--workdir={path}", "--branch=configs/branches/cheaper_tickets.py",
+           "--branch.levels=(2, 3)", "--branch.score_batches=2", "--branch.synflow_rounds=5",
+           "--branch.early_bird_epsilon=1.0", "--branch.early_bird_window=2"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "report:" in done.stdout and "training" not in done.stdout
-    assert ct.read_records(path) == experiment["records"]
-    bad = subprocess.run(cmd[:-4] + ["--methods=imp,magic"], cwd=REPO, capture_output=True,
-                         text=True, timeout=300)
+    assert "report:" in done.stdout and "iteration 25/" not in done.stdout  # nothing trained
+    folder = os.path.join(path, "branches", os.path.basename(experiment["dir"]))
+    assert workdir.read_records(folder, key=ct.RECORD_KEY) == experiment["records"]
+    bad = subprocess.run(cmd + ["--branch.methods=('imp', 'magic')"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("lth_jax: error: ") \
         and len(bad.stderr.strip().splitlines()) == 1 and "magic" in bad.stderr
