@@ -1353,11 +1353,24 @@ def _main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"--curve_levels must be integers, got {FLAGS.curve_levels}")
     try:
         path, rows = _write_report(FLAGS.workdir, curve_levels=levels, plots=FLAGS.plots)
+        branch_paths = write_branch_reports(FLAGS.workdir)
     except (FileNotFoundError, ValueError) as e:
         print(f"lth_jax.report: error: {e}", file=sys.stderr)
         sys.exit(2)
     print(path)
     print(format_table(rows) if rows else "(no results yet)")
+    for written in branch_paths:
+        print(written)
+
+
+def write_branch_reports(workdir: str | os.PathLike) -> list[str]:
+    """Each branch's tables and plots (``W/branches/*``), written by its own module into its
+    folder; returns their paths. Imports the branches (and so JAX) only when there are any."""
+    root = os.path.join(os.fspath(workdir), "branches")
+    if not os.path.isdir(root):
+        return []
+    from lth_jax.branches import base
+    return [p for folder in base.folders(os.fspath(workdir)) for p in base.write_report(folder)]
 
 
 if __name__ == "__main__":

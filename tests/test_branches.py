@@ -223,3 +223,17 @@ def test_a_branch_over_two_processes_equals_one(reference, cli_reference, tmp_pa
     assert strip_timing(_records(_folder(path, reference))) == strip_timing(cli_reference[2])
     # Process 0 prints; the others only their errors (gloo's own connection lines aside).
     assert not [l for l in clis[1].stdout.splitlines() if l.strip() and not l.startswith("[Gloo]")]
+
+
+def test_the_report_command_reports_the_lottery_and_every_branch(reference, tmp_path):
+    import shutil
+    path = str(tmp_path / "run")
+    shutil.copytree(reference[0], path)
+    done = subprocess.run([sys.executable, "-m", "lth_jax.report", f"--workdir={path}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env=cli_env())
+    assert done.returncode == 0, done.stderr
+    folder = _folder(path, reference)
+    for name in ("instability.md", "instability.png"):
+        assert os.path.join(folder, name) in done.stdout.splitlines()
+        assert os.path.getsize(os.path.join(folder, name)) > 0
+    assert os.path.exists(os.path.join(path, "report.md"))
