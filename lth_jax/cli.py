@@ -200,7 +200,7 @@ def help_text(argv: list[str]) -> str:
             lines.append(f"(could not load {branch_spec}: {type(e).__name__}: {e})")
             return "\n".join(lines)
         import textwrap
-        lines += textwrap.wrap(f"Branch {branch.NAME}: {branch.__doc__.strip().splitlines()[0]}",
+        lines += textwrap.wrap(f"Branch {bcfg.name}: {((branch.__doc__ or '').strip().splitlines() or [''])[0]}",
                                _WIDTH, subsequent_indent="  ")
         lines += ["", f"Branch fields (values of {branch_spec});",
                   "override any with --branch.FIELD=VALUE:"]

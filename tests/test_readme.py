@@ -26,10 +26,11 @@ def run_block(code: str, name: str) -> dict:
     return namespace
 
 
-def test_readme_has_the_two_library_examples():
+def test_readme_has_the_two_library_examples_and_a_branch():
     blocks = python_blocks()
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     assert "flax.linen" in blocks[0] and "from flax import nnx" in blocks[1]
+    assert "RECORD_KEY" in blocks[2]
     # "your own model in 30 lines"
     assert len([line for line in blocks[0].splitlines() if line.strip()]) <= 30
 
@@ -118,3 +119,26 @@ def test_api_table_lists_every_public_function():
             if fn_name in ("check_bool",):  # an internal check, documented by check_matches
                 continue
             assert f"`{name}.{fn_name}(" in table, f"{name}.{fn_name} is missing from the README's API table"
+
+
+def test_readme_branch_of_your_own_runs_as_a_branch(tmp_path, monkeypatch):
+    """The README's mask_overlap.py, saved as a file: --branch=mask_overlap.py's config comes from
+    it, the trunk's levels are trained first, its records and report are written, and a rerun
+    keeps them (nothing recomputed)."""
+    from conftest import tiny_config
+    from lth_jax import config as config_lib
+    from lth_jax import workdir
+    from lth_jax.branches import base
+
+    source = tmp_path / "mask_overlap.py"
+    source.write_text(python_blocks()[2])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    branch_config = config_lib.load_file(str(source))
+    folder = base.run(branch_config, tiny_config(), str(tmp_path / "run"), log=lambda _: None)
+    records = workdir.read_records(folder, key=("level", "trial_a", "trial_b"))
+    assert [(r["level"], r["trial_a"], r["trial_b"]) for r in records] == [(1, 0, 1), (2, 0, 1)]
+    assert all(0.5 < r["overlap"] <= 1.0 for r in records)  # tickets of two trials, 80% and 64%
+    (report,) = base.write_report(folder)
+    assert open(report).read().startswith("level 1, trials 0 and 1: ")
+    again = base.run(branch_config, tiny_config(), str(tmp_path / "run"), log=lambda _: None)
+    assert workdir.read_records(again, key=("level", "trial_a", "trial_b")) == records

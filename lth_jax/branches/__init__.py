@@ -7,7 +7,8 @@ that leave the lottery itself untouched (OpenLTH's idea, the JAX way).
 The trunk levels a branch needs are trained or resumed first by the lottery's own code; then the
 branch runs into ``W/branches/<name>-<digest>/`` with the lottery's machinery (``base.run``).
 
-A branch is one module of its own logic plus an entry in ``REGISTRY``. The module defines:
+A branch is one module of its own logic plus an entry in ``REGISTRY`` (or, for a branch of your
+own, any importable module: its config's ``name`` is the module's import path). It defines:
 
 * ``NAME`` and ``FIELDS``: its config schema, ``(field, default, meaning)`` rows (a ``name`` field
   first), from which ``default_config`` and ``--help`` are made;
@@ -41,12 +42,29 @@ def names() -> list[str]:
     return sorted(REGISTRY)
 
 
+#: What a branch module defines (its ``make_folder`` is optional).
+CONTRACT = ("FIELDS", "RECORD_KEY", "check", "trunk_levels", "run", "report")
+
+
 def get(name: str) -> ModuleType:
-    """The module of branch ``name``; ConfigError naming ``branch.name`` if there is none."""
-    if name not in REGISTRY:
-        raise config_lib.ConfigError(f"branch.name: unknown branch {name!r}; branches are "
-                                     f"{', '.join(names())}")
-    return importlib.import_module(REGISTRY[name])
+    """The module of branch ``name``: a ``REGISTRY`` entry, or any importable module that keeps
+    the branch contract (a branch of your own, e.g. a file beside your configs); ConfigError
+    naming ``branch.name`` otherwise."""
+    path = REGISTRY.get(name, name)
+    try:
+        module = importlib.import_module(path) if path else None
+    except ImportError as e:
+        module, why = None, f" ({e})" if name not in REGISTRY and e.name != path else ""
+    else:
+        why = ""
+    if module is None:
+        raise config_lib.ConfigError(f"branch.name: unknown branch {name!r}{why}; branches are "
+                                     f"{', '.join(names())}, or an importable module of your own")
+    missing = [attr for attr in CONTRACT if not hasattr(module, attr)]
+    if missing:
+        raise config_lib.ConfigError(f"branch.name: module {path!r} is not a branch: it lacks "
+                                     f"{', '.join(missing)}")
+    return module
 
 
 def default_config(branch: ModuleType) -> ml_collections.ConfigDict:

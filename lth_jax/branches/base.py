@@ -88,12 +88,13 @@ def branch_identity(trunk_identity: str, branch_config: ml_collections.ConfigDic
 
 def check_fields(branch: ModuleType, branch_config: ml_collections.ConfigDict) -> None:
     """Refuse fields the branch does not have, and missing ones (ConfigError naming them)."""
+    name = branch_config.get("name", "")
     known = [name for name, _, _ in branch.FIELDS]
     have = list(config_lib.flatten(branch_config.to_dict()))
     unknown = sorted(set(have) - set(known))
     if unknown:
         raise config_lib.ConfigError(f"branch.{unknown[0]}: unknown field; branch "
-                                     f"{branch.NAME} has {', '.join(known)}")
+                                     f"{name} has {', '.join(known)}")
     missing = sorted(set(known) - set(have))
     if missing:
         raise config_lib.ConfigError(f"branch.{missing[0]}: missing field")
