@@ -469,7 +469,8 @@ def _train(ctx: base.Context, trial: int, runs: list[dict]) -> list[dict]:
         jnp.stack([lottery.trial_key(seed, trial, lottery.NOISE)] * n))
     name = f"progress_t{trial}"
     trained = ctx.train(name, f"trial {trial}", ctx.runner(), batch,
-                        [(r["level"], r["method"]) for r in runs], start=k)
+                        [(r["level"], r["method"]) for r in runs], start=k,
+                        runs=[f"trial_{trial}/level_{r['level']:02d}/{r['method']}" for r in runs])
     ctx.folder.remove(name)
     return [_record(exp, trained, i, r, trial=trial) for i, r in enumerate(runs)]
 
@@ -591,7 +592,8 @@ def early_bird(ctx: base.Context, finder: Finder, trial: int,
                              lottery.trial_key(seed, trial, lottery.DATA)[None],
                              lottery.trial_key(seed, trial, lottery.NOISE)[None])
     ctx.train(f"progress_early_bird_t{trial}", f"trial {trial} early-bird", ctx.runner(), batch,
-              [("dense", trial)], start=0, until=exp.trainer.iterations, at=at)
+              [("dense", trial)], start=0, until=exp.trainer.iterations, at=at,
+              runs=[f"trial_{trial}/early_bird"])
     ctx.log(f"trial {trial}: early-bird trained {fed[-1]:,} of {exp.trainer.iterations:,} "
             "iterations, " + ", ".join(
                 f"found at {fed[int(s.found_at)]:,}" if bool(s.found) else "not found"

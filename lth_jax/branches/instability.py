@@ -165,7 +165,8 @@ def rewind_points(ctx: base.Context, exp: Experiment, trial: int, warmup: int,
                          stack(masks_lib.ones_like(theta0["params"])),
                          trial_key(seed, trial, DATA)[None], trial_key(seed, trial, NOISE)[None])
         ctx.train(f"progress_{name}", f"trial {trial} θ_k (warmup {warmup})", ctx.runner(exp),
-                  batch, [("dense", trial)], start=0, until=max(wanted), at=at)
+                  batch, [("dense", trial)], start=0, until=max(wanted), at=at,
+                  runs=[f"warmup_{warmup}/trial_{trial}/theta_k"])
     ctx.folder.save(name, {str(k): {"params": v[0], "batch_stats": v[1]}
                            for k, v in found.items()})
     return {k: found[k] for k in ks}
@@ -185,8 +186,10 @@ def _copies(ctx: base.Context, exp: Experiment, runner, path, trial: int, warmup
                      jnp.stack([dk if c == 0 else jax.random.fold_in(dk, 1) for _, c in runs]),
                      jnp.stack([nk if c == 0 else jax.random.fold_in(nk, 1) for _, c in runs]))
     name = f"progress_w{warmup}_t{trial}_k{k}"
-    trained = ctx.train(name, f"trial {trial} k={k} (warmup {warmup})", runner, batch,
-                        [(level, copy) for level in levels for copy in (0, 1)], start=k)
+    order = [(level, copy) for level in levels for copy in (0, 1)]
+    trained = ctx.train(name, f"trial {trial} k={k} (warmup {warmup})", runner, batch, order,
+                        start=k, runs=[f"warmup_{warmup}/trial_{trial}/k_{k}/level_{level:02d}/"
+                                       f"copy_{'ab'[copy]}" for level, copy in order])
     result = trained.result
     new = []
     for i, (level, mask) in enumerate(zip(levels, masks)):
