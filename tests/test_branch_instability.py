@@ -49,6 +49,15 @@ def test_records_resume_and_report(tmp_path):
                                    atol=1e-6)
     paths = base.write_report(folder)
     assert sorted(map(os.path.basename, paths)) == ["instability.md", "instability.png"]
+    # Its live curves: a TensorBoard run per copy of each batch, in the branch's folder.
+    from lth_jax import tensorboard
+    runs = tensorboard.read_scalars(os.path.join(folder, "tensorboard"))
+    assert sorted(runs) == [f"warmup_0/trial_0/{k}" for k in (
+        "k_0/level_00/copy_a", "k_0/level_00/copy_b", "k_20/level_00/copy_a",
+        "k_20/level_00/copy_b", "theta_k")]
+    assert [s for s, _ in runs["warmup_0/trial_0/k_20/level_00/copy_b"]["loss/validation"]] == [
+        40, 60]
+    assert [s for s, _ in runs["warmup_0/trial_0/theta_k"]["loss/validation"]] == [20]
     assert "95% confidence interval" in open(paths[0]).read()
     # Resume: nothing left to compute, the same records.
     again = base.run(_branch(ks=(0, 20)), _config(), str(tmp_path), log=lines.append)

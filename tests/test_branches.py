@@ -67,9 +67,10 @@ def cli_reference(tmp_path_factory, reference):
 
 @pytest.mark.slow
 def test_branch_killed_at_several_points_resumes_identically(reference, cli_reference, tmp_path):
-    """One workdir, the same CLI command five times: SIGKILL in the trunk's level 1, in the θ_k
+    """One workdir, the same CLI command six times: SIGKILL in the trunk's level 1, in the θ_k
     trajectory, when the first records are written, and in the copies' training after an
-    intra-level checkpoint; then it runs to the end. The branch's records equal the uninterrupted
+    intra-level checkpoint; SIGTERM in the next trial's training (one line, exit 143); then it
+    runs to the end. The branch's records equal the uninterrupted
     run's (timing aside), and so do the trunk's checkpoints, bit for bit."""
     ref_dir, _, ref_records = cli_reference
     path = str(tmp_path / "run")
@@ -87,9 +88,19 @@ def test_branch_killed_at_several_points_resumes_identically(reference, cli_refe
             assert strip_timing(done) == [r for r in strip_timing(ref_records) if r in
                                           strip_timing(done)]
     assert "progress_w0_t0_k50" in workdir.checkpoint_names(folder)  # killed after saving it
+    # SIGTERM in the branch's training: the chunk ends, its progress is saved, one line, exit 143.
+    cli = Cli(path, *flags, tag="term")
+    cli.until(lambda: "trial 1 k=0 (warmup 0)  iteration 50/" in cli.stdout, "trial 1 at k=0")
+    cli.signal(signal.SIGTERM)
+    assert cli.wait() == 143, cli.stderr[-3000:]
+    line = error_line(cli.stderr)
+    assert line.startswith("lth_jax: stopped in trial 1 k=0 (warmup 0) at iteration ")
+    assert "by SIGTERM" in line and "run the same command again to resume" in line
+    assert not crashed(cli.stderr) and partial_checkpoints(folder) == []
+    assert "trial 0 k=50 (warmup 0): resuming at iteration" in cli.stdout
     cli = Cli(path, *flags, tag="finish")
     assert cli.wait() == 0, cli.stderr[-3000:]
-    assert "trial 0 k=50 (warmup 0): resuming at iteration" in cli.stdout
+    assert "trial 1 k=0 (warmup 0): resuming at iteration" in cli.stdout
     assert strip_timing(_records(folder)) == strip_timing(ref_records)
     assert_same_experiment(path, ref_dir)
     assert partial_checkpoints(folder) == []
