@@ -117,21 +117,9 @@ class ChunkedTrainer:
             return Trained(None, [], start, 0.0)
         trainer = runner.exp.trainer
         line, label = label, " ".join(label.split())  # progress lines keep the padding
-        # What fixes the runs besides their state: masks, data order, noise, start, capture (and
-        # the RunState's layout, which changed when slices came in).
-        inputs = workdir_lib.digest({
-            "mask": _numpy(batch.masks),
-            "data": np.asarray(jax.random.key_data(batch.data_keys)),
-            "noise": np.asarray(jax.random.key_data(batch.noise_keys)),
-            "start": np.int64(start), "capture": np.int64(capture),
-            "layout": np.int64(PROGRESS_LAYOUT)})
-        saved = None if until is not None else self.store.progress(name, inputs)
-        if saved and int(saved[0]["iterations"]) % runner.slice_iterations:
-            self.log(f"lth_jax: the intra-level checkpoint of {label} is at iteration "
-                     f"{start + int(saved[0]['iterations']):,}, not a multiple of "
-                     f"runtime.slice_iterations={runner.slice_iterations}; {label} starts again "
-                     "from its beginning")
-            saved = None
+        inputs = _inputs(batch, start, capture)
+        saved = None if until is not None else self._resume_point(name, label, inputs, runner,
+                                                                   start)
         if until is None:
             state_bytes = (6 * workdir_lib.tree_bytes(_numpy(batch.params))
                            + workdir_lib.tree_bytes(_numpy(batch.masks)))
@@ -196,6 +184,19 @@ class ChunkedTrainer:
                 self.check_stop(f"in {label} at iteration {done:,} (progress {kept})")
         return Trained(training.result() if until is None else None, order, start, seconds)
 
+    def _resume_point(self, name: str, label: str, inputs: str, runner: Runner,
+                      start: int) -> tuple[dict, dict] | None:
+        """The batch's intra-level checkpoint made from the same inputs, if it lies on a slice
+        boundary of this runner (else the batch starts again, with a line saying why)."""
+        saved = self.store.progress(name, inputs)
+        if saved and int(saved[0]["iterations"]) % runner.slice_iterations:
+            self.log(f"lth_jax: the intra-level checkpoint of {label} is at iteration "
+                     f"{start + int(saved[0]['iterations']):,}, not a multiple of "
+                     f"runtime.slice_iterations={runner.slice_iterations}; {label} starts again "
+                     "from its beginning")
+            return None
+        return saved
+
     def _densities(self, runs: list[str], masks: PyTree, prunable: PyTree, step: int) -> None:
         """Each run's fraction of the prunable weights kept, at its first evaluation's step."""
         if not self.tensorboard.enabled:
@@ -253,6 +254,18 @@ class ChunkedTrainer:
         self.log(f"{label}  iteration {start + training.iterations:,}/{iterations:,}  {best} "
                  f"(mean of {runs} runs)  {rate:,.0f} model-steps/s  ETA {label.split()[0]} "
                  f"{duration(remaining / rate)}, all {duration((remaining + later_steps) / rate)}")
+
+
+def _inputs(batch: RunBatch, start: int, capture: int) -> str:
+    """A digest of what fixes the runs besides their state: masks, data order, noise, start,
+    capture, and the RunState's layout (``PROGRESS_LAYOUT``). A checkpoint made from other inputs
+    is not resumed."""
+    return workdir_lib.digest({
+        "mask": _numpy(batch.masks),
+        "data": np.asarray(jax.random.key_data(batch.data_keys)),
+        "noise": np.asarray(jax.random.key_data(batch.noise_keys)),
+        "start": np.int64(start), "capture": np.int64(capture),
+        "layout": np.int64(PROGRESS_LAYOUT)})
 
 
 def level_batch(runs: dict, trials: list[int], seed: int) -> tuple[RunBatch, list[tuple]]:
