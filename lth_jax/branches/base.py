@@ -141,7 +141,6 @@ def run(branch_config: ml_collections.ConfigDict, config: ml_collections.ConfigD
     lottery.run(config, workdir, log=log, exp=exp, stop=stop, levels=needed)
     identity = branch_identity(exp.identity, branch_config)
     path = folder_of(workdir, name, identity)
-    os.makedirs(os.path.dirname(path), exist_ok=True) if processes.is_primary() else None
     saved = {"branch": config_lib.to_json(branch_config), "trunk": exp.identity}
     trunk = lottery.Trunk(workdir, exp.identity)
     if hasattr(branch, "make_folder"):  # a branch whose folder is a lottery workdir of its own

@@ -184,6 +184,6 @@ def _title(branch_config: dict) -> str:
     rule = branch_config["rule"]
     if rule == "weight_rewinding":
         k = branch_config["rewind_iteration"]
-        return f"Retrained by weight rewinding (k = {'the trunk' + chr(39) + 's' if k < 0 else k})"
+        return f"Retrained by weight rewinding (k = {k if k >= 0 else 'the trunk’s'})"
     t = branch_config["retrain_iterations"] or "train.iterations"
     return f"Retrained by {rule.replace('_', ' ')} (t = {t})"
