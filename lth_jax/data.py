@@ -809,7 +809,8 @@ def _synthetic(config: Any, seed: int) -> _Raw:
 # The order of an epoch is a keyed pseudo-random permutation of [0, n) evaluated *pointwise*: a
 # Feistel network on the smallest even number of bits covering n, with cycle-walking to stay below n.
 # So a step costs O(batch_size), not O(n): `jax.random.permutation` of n = 55,000 inside a scanned
-# train step costs ~40 ms per step on a CPU (it sorts all n), far more than the step itself.
+# train step sorts all n every step, which costs more than a LeNet step itself
+# (docs/performance.md, "LeNet-300-100 on a CPU: one device per core").
 
 _FEISTEL_ROUNDS = 8
 

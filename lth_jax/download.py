@@ -95,16 +95,16 @@ def _table(bases: Sequence[str], files: Sequence[tuple[str, int, str]], extract:
 #: * MNIST: the SHA-256 and sizes TFDS registers for the files of Google's CVDF mirror
 #:   (tensorflow_datasets/url_checksums/mnist.txt), the mirror TFDS downloads from; Yann LeCun's
 #:   original site, whose files these are, is tried second. The sizes equal those of the original
-#:   files; their SHA-256 is not published there (only the files), so it was not checked against
-#:   that site here (no internet when this table was written).
+#:   files; their SHA-256 is not published there (only the files), and these digests have not been
+#:   checked against that site's files.
 #: * Fashion-MNIST: TFDS's url_checksums/fashion_mnist.txt for the official S3 files of
 #:   zalandoresearch/fashion-mnist (whose README publishes MD5s only). Debian's dataset-fashion-mnist
 #:   ships the same data re-compressed (other bytes), so its files do not match these digests;
 #:   `data` reads them where they are installed, without a checksum.
 #: * CIFAR-10: the python tarball of the Toronto page, whose MD5 (c58f30108f718f92721af3b95e74349a)
 #:   is published there; its SHA-256 is the one Keras checks (keras/datasets/cifar10.py,
-#:   file_hash), with the same size (170,498,071 bytes). Not re-downloaded to check it here (no
-#:   internet when this table was written).
+#:   file_hash), with the same size (170,498,071 bytes); not checked against a download of the
+#:   tarball.
 OFFICIAL: Mapping[str, tuple[RemoteFile, ...]] = {
     "mnist": _table(
         ("https://storage.googleapis.com/cvdf-datasets/mnist/", "https://yann.lecun.com/exdb/mnist/"),

@@ -50,7 +50,7 @@ rate ``r`` loses exactly ``round(r · alive units)`` units (float32, half to eve
 smallest score, ties by unit index. Globally (``global_neuron_magnitude``), ``round(r · alive
 units of all selected producers)`` units go, by one threshold over *normalised* scores.
 
-Iterative N:M (the choice made here, documented in BUILD_NOTES): **N:M is reached by rounds.**
+Iterative N:M (the choice made here; docs/design.md, "Decisions"): **N:M is reached by rounds.**
 ``nm_iterative`` removes ``step`` (default 1) more of the smallest alive weights from every group
 that still has more than ``n`` alive, never going below ``n``; from the dense mask, 2:4 takes two
 rounds (4 → 3 → 2 alive per group, densities 75%, 50%) and 1:4 three (75%, 50%, 25%); after that a

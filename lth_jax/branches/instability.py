@@ -14,9 +14,9 @@ For each trial, each k and each mask (the dense network, and the trunk's ticket 
 A trunk with learning-rate warmup is also run without it (``without_warmup``), so one command
 answers whether warmup makes the network stable earlier. The ticket masks come from the trunk,
 which rewound to its own ``prune.rewind_iteration``; here they are applied to θ_k of every k
-(the paper runs IMP once per k, a whole IMP run per k). Records (``instability.jsonl`` is the
-branch's ``results.jsonl``): one per trial × warmup × mask × k with the barrier, the error and
-loss along the path and both copies' final test accuracy.
+(the paper runs IMP once per k, a whole IMP run per k). Records (the branch folder's
+``results.jsonl``): one per trial × warmup × mask × k with the barrier, the error and loss along
+the path and both copies' final test accuracy.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A record holds the run's identity (trial, level, variant, the experiment's identity), its
 density, its outcome (early-stopping iteration, validation and test numbers there, final test
 accuracy; or ``status`` "diverged"/"skipped" with a ``failure`` message and null outcomes), its
-cost, and its evaluation curves (DESIGN in docs/design.md, "Records").
+cost, and its evaluation curves (the fields: docs/design.md, "Records").
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ _OUTCOME_FIELDS = ("early_stop_iteration", "val_loss_at_early_stop", "val_accura
 
 def make_record(exp: Experiment, result: train_lib.RunResult, i: int, *, trial: int, level: int,
                 variant: str, mask: PyTree, start: int, seconds: float, runs: int) -> dict:
-    """The JSON record of run ``i`` of a batched result (fields as in DESIGN.md).
+    """The JSON record of run ``i`` of a batched result (docs/design.md, "Records").
 
     ``status`` is "ok", or "diverged" with a ``failure`` message naming level, variant, trial and
     iteration, and null results, when (the divergence rule, ``train.diverged``): a training loss

@@ -32,8 +32,9 @@ PyTree = Any
 #: to this): 10 steps of all runs on a device is a few seconds for the paper's conv nets on a CPU.
 AUTO_SLICE = 10
 #: On a CPU the automatic slice is also at most this long, estimated at CPU_FLOPS_ESTIMATE per
-#: device (about what Conv-2 trains at on one core of the CPUs measured: docs/performance.md):
-#: Conv-2's 15.5 GFLOP step, 3 runs a device, gets slices of one step, LeNet's 72 MFLOP keeps 10.
+#: device: below what Conv-2 trains at on one core of every CPU measured (docs/performance.md,
+#: "Older whole-network snapshots"), so an estimate errs towards shorter slices. Conv-2's 15.5
+#: GFLOP step, 3 runs a device, gets slices of one step; LeNet's 72 MFLOP keeps 10.
 AUTO_SLICE_SECONDS = 2.0
 CPU_FLOPS_ESTIMATE = 25e9
 #: How many experiments' compiled programs (``Runner``'s, ``imp.Steps``') one process keeps: a
