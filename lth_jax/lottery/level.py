@@ -90,9 +90,9 @@ class ChunkedTrainer:
         self.rate: float | None = None  # model-steps/s measured so far (for the ETAs)
         #: Live curves for ``tensorboard --logdir``: process 0 writes them as chunks finish; a
         #: resumed batch sends its curves again and the writer skips the points it has.
-        self.tensorboard = TensorBoardWriter(
-            os.path.join(store.path, "tensorboard"),
-            enabled=bool(runtime.get("tensorboard", False)) and processes.is_primary())
+        self.live_curves = bool(runtime.get("tensorboard", False))  # the same in every process
+        self.tensorboard = TensorBoardWriter(os.path.join(store.path, "tensorboard"),
+                                             enabled=self.live_curves and processes.is_primary())
 
     def __call__(self, name: str, label: str, runner: Runner, batch: RunBatch, order: list[tuple],
                  *, start: int, capture: int = -1, later_steps: int = 0,
@@ -208,8 +208,9 @@ class ChunkedTrainer:
             self.tensorboard.add_scalar(run, TAGS["density"], step, kept)
 
     def _curves(self, runs: list[str], training: Training, start: int, every: int) -> None:
-        """The curves computed so far, and the rate, to TensorBoard (written at once)."""
-        if not self.tensorboard.enabled:
+        """The curves computed so far, and the rate, to TensorBoard (written at once). Every
+        process gathers the curves (a collective); process 0 writes them."""
+        if not self.live_curves:
             return
         curves = training.curves()
         steps = start + every * np.arange(1, curves.val_loss.shape[1] + 1)
