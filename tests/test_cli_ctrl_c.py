@@ -14,8 +14,7 @@ import time
 
 import pytest
 
-from clitools import cli_env, partial_checkpoints
-from conftest import REPO, cli_flags
+from helpers import REPO, cli_env, cli_flags, partial_checkpoints, popen
 
 TRIES = 24
 AT_ONCE = 4
@@ -25,7 +24,7 @@ FLAGS = cli_flags(train__iterations=200_000, prune__levels=5)
 
 def _start(workdir: str, tag: int):
     out = open(f"{workdir}.{tag}.err", "w+")
-    proc = subprocess.Popen(
+    proc = popen(
         [sys.executable, "-m", "lth_jax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
          "--report=false", *FLAGS],
         cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=out)

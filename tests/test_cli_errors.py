@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import os
 
-from clitools import _no_cli_left_running, error_line, run_cli  # noqa: F401 (fixture)
-from conftest import cli_flags
+from helpers import cli_flags, error_line, run_cli
 
 
 def test_cli_bad_value_exits_2_with_one_line(tmp_path):

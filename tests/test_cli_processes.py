@@ -13,8 +13,7 @@ import socket
 
 import pytest
 
-from clitools import Cli, check_results_file, cli_env, results_text, run_cli
-from conftest import cli_flags
+from helpers import Cli, check_results_file, cli_env, cli_flags, results_text, run_cli
 from lth_jax import processes
 
 FLAGS = cli_flags(runtime__chunk_seconds=0.25)

@@ -3,7 +3,7 @@ and checkpoints equal an uninterrupted in-process run's, bit for bit. (Slow: sev
 in a file of its own so that xdist can balance it.)
 
 The CLI runs with its default device setup (one XLA host device per core); the reference run is
-in-process (one device). The experiment is ``conftest.TINY`` without controls, trained in chunks of
+in-process (one device). The experiment is ``helpers.TINY`` without controls, trained in chunks of
 one evaluation period with an intra-level checkpoint after each.
 """
 
@@ -15,14 +15,11 @@ import time
 
 import pytest
 
-from clitools import (Cli, _no_cli_left_running, assert_same_experiment,  # noqa: F401 (fixture)
-                      check_results_file, crashed, error_line, partial_checkpoints, results_text,
-                      stopped_while_writing, strip_timing)
-from conftest import cli_flags, tiny_config
+from helpers import (NO_CONTROLS, Cli, assert_same_experiment, check_results_file, cli_flags, crashed,
+                     error_line, partial_checkpoints, results_text, stopped_while_writing, strip_timing,
+                     tiny_config)
 from lth_jax import lottery
 from lth_jax import workdir as workdir_lib
-
-NO_CONTROLS = {"controls.reinit": False, "controls.random_prune": False}
 
 
 @pytest.fixture(scope="module")

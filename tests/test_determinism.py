@@ -1,11 +1,11 @@
 """Bit-reproducibility at the compile settings real runs use.
 
 The rest of the suite proves the three kinds of reproducibility under the suite's own compile
-settings (``conftest.FAST_COMPILE``: XLA's O0, with the fusion emitters switched on for the
+settings (``helpers.FAST_COMPILE``: XLA's O0, with the fusion emitters switched on for the
 comparisons of loop shapes):
 
 - the same experiment run twice gives the same records, θ₀, masks and trained parameters
-  (``test_robustness.test_same_seed_gives_identical_records_theta0_and_masks``);
+  (``test_seeds.test_same_seed_gives_identical_records_theta0_and_masks``);
 - chunkings and slice lengths give the same bits
   (``test_lottery.test_a_whole_level_in_one_chunk_equals_chunks_of_slices``,
   ``test_the_slice_length_does_not_change_the_numbers``,
@@ -38,7 +38,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY
+from helpers import REPO, TINY
 from lth_jax import lottery
 
 #: What ``python -m lth_jax.main`` sets on a 2-core CPU (``cpu_device_flags``), and nothing of the

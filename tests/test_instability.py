@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import synthetic_lenet
 from lth_jax import config as config_lib
 from lth_jax import data as data_lib
 from lth_jax import instability, masks, models
@@ -23,13 +24,7 @@ def _trainer(model, **kw):
 
 @pytest.fixture(scope="module")
 def lenet():
-    ds = data_lib.load({"name": "synthetic", "source": "synthetic", "image_shape": (6, 6, 1),
-                        "num_classes": 4, "train_size": 300, "test_size": 100,
-                        "validation_size": 60}, seed=0)
-    model = models.create("lenet300_100", num_classes=4)
-    params = models.init(model, jax.random.key(0), (6, 6, 1))["params"]
-    rng = np.random.default_rng(0)
-    mask = jax.tree.map(lambda p: jnp.asarray(rng.random(p.shape) < 0.7), params)
+    ds, model, params, mask = synthetic_lenet(keep=0.7)
     trainer = _trainer(model)
     return trainer, train_lib.device_data(ds, 64), params, mask
 

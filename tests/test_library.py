@@ -11,6 +11,8 @@ import optax
 import pytest
 from flax import nnx
 
+import helpers
+from helpers import assert_tree_equal, stack
 from lth_jax import masks, models, pruning, tickets
 
 SHAPES = {"Dense_0": {"kernel": (6, 5), "bias": (5,)},
@@ -20,24 +22,11 @@ RULES = [(r".*Dense_1/kernel", 0.1), (r".*Conv.*kernel", 0.15), (r".*kernel", 0.
 
 
 def make_params(seed, shapes=SHAPES):
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s).astype(np.float32)), shapes,
-                        is_leaf=lambda x: isinstance(x, tuple))
+    return helpers.make_params(seed, shapes)
 
 
 def random_mask(seed, params, keep=0.6):
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda p: jnp.asarray(rng.random(p.shape) < keep), params)
-
-
-def assert_tree_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def stack(trees):
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+    return helpers.random_mask(seed, params, keep)
 
 
 # ---------------------------------------------------------------- masked_updates

@@ -8,25 +8,20 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import fusion_emitters, tiny_config
+from helpers import fusion_emitters, strip_timing, tiny_config
 from lth_jax import config as config_lib
 from lth_jax import lottery, masks, pruning
 from lth_jax import train as train_lib
 from lth_jax import workdir as workdir_lib
 
-TIMING = set(lottery.TIMING_FIELDS)
 LEVELS = 2
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _fusion_emitters():
-    """This file compares programs of other loop shapes bit for bit (conftest.FUSION_EMITTERS)."""
+    """This file compares programs of other loop shapes bit for bit (helpers.FUSION_EMITTERS)."""
     with fusion_emitters():
         yield
-
-
-def strip_timing(records):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
 
 @pytest.fixture(scope="module")

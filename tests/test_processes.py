@@ -115,7 +115,7 @@ def test_a_stopped_watchdog_lets_the_others_leave_silently():
 
 @pytest.fixture(scope="module")
 def small():
-    from conftest import tiny_config
+    from helpers import tiny_config
     exp = lottery.setup(tiny_config(train__iterations=100))
     keys = jnp.stack([lottery.trial_key(0, t, lottery.INIT) for t in range(2)])
     v = jax.jit(jax.vmap(exp.init_variables))(keys)
@@ -169,7 +169,7 @@ def test_device_memory_check_of_accelerators_uses_their_free_bytes():
     ("runtime.matmul_precision", "bf16", "bf16"),
 ])
 def test_process_fields_are_validated(field, value, message):
-    from conftest import set_field, tiny_config
+    from helpers import set_field, tiny_config
     from lth_jax import config as config_lib
     c = tiny_config(runtime__distributed=True, runtime__num_processes=2)
     set_field(c, field, value)
@@ -179,7 +179,7 @@ def test_process_fields_are_validated(field, value, message):
 
 
 def test_process_fields_need_distributed():
-    from conftest import tiny_config
+    from helpers import tiny_config
     from lth_jax import config as config_lib
     with pytest.raises(config_lib.ConfigError, match="config.runtime.distributed: must be True"):
         config_lib.validate(tiny_config(runtime__coordinator_address="localhost:1234"))

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers
+from helpers import assert_tree_equal
 from lth_jax import masks, pruning, tickets
 
 SHAPES = {"Dense_0": {"kernel": (7, 5), "bias": (5,)},
@@ -17,19 +19,11 @@ SHAPES = {"Dense_0": {"kernel": (7, 5), "bias": (5,)},
 
 
 def make_params(seed, shapes=SHAPES, ties=False):
-    rng = np.random.default_rng(seed)
-
-    def leaf(shape):
-        if ties:  # few distinct magnitudes, both signs: many ties at the threshold
-            return (rng.integers(-3, 4, size=shape)).astype(np.float32)
-        return rng.normal(size=shape).astype(np.float32)
-
-    return jax.tree.map(leaf, shapes, is_leaf=lambda x: isinstance(x, tuple))
+    return helpers.make_params(seed, shapes, ties=ties)
 
 
 def random_mask(seed, params, keep=0.7):
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda p: rng.random(p.shape) < keep, params)
+    return helpers.random_mask(seed, params, keep)
 
 
 def ref_k(rate, alive):
@@ -65,12 +59,6 @@ def ref_global(params, mask, rate, prunable):
         out[i] = kept[off:off + n].reshape(out[i].shape)
         off += n
     return jax.tree.unflatten(jax.tree.structure(mask), out)
-
-
-def assert_tree_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def alive_count(m):

@@ -125,7 +125,7 @@ def test_readme_branch_of_your_own_runs_as_a_branch(tmp_path, monkeypatch):
     """The README's mask_overlap.py, saved as a file: --branch=mask_overlap.py's config comes from
     it, the trunk's levels are trained first, its records and report are written, and a rerun
     keeps them (nothing recomputed)."""
-    from conftest import tiny_config
+    from helpers import tiny_config
     from lth_jax import config as config_lib
     from lth_jax import workdir
     from lth_jax.branches import base

@@ -665,7 +665,7 @@ def test_the_report_is_written_for_any_records_that_parse(tmp_path_factory, reco
 def test_recorded_lenet_ticket_against_reinit_at_21_percent():
     """The recorded LeNet lottery's claim in numbers: at 21.1% the ticket beats reinit by 0.52 pp
     over 3 paired trials, t ≈ 3.1, p ≈ 0.09 (not a demonstrated difference at 95%)."""
-    from conftest import REPO
+    from helpers import REPO
 
     workdir = os.path.join(REPO, "experiments", "lenet_fashion_mnist")
     rows = report.summarize(report.load_results(workdir))

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+import helpers
+from helpers import assert_tree_equal, stack
 from lth_jax import masks, models, pruning, scores
 
 SHAPES = {"Dense_0": {"kernel": (6, 5), "bias": (5,)},
@@ -19,22 +21,13 @@ SHAPES = {"Dense_0": {"kernel": (6, 5), "bias": (5,)},
 
 
 def make_params(seed, shapes=SHAPES, quantize=None):
-    rng = np.random.default_rng(seed)
-
-    def leaf(s):
-        x = rng.normal(size=s)
-        if quantize:  # few distinct values: many ties
-            x = np.round(x * quantize) / quantize
-        return jnp.asarray(x.astype(np.float32))
-
-    return jax.tree.map(leaf, shapes, is_leaf=lambda x: isinstance(x, tuple))
+    return helpers.make_params(seed, shapes, quantize=quantize)
 
 
 def random_mask(seed, params, keep=0.9, prunable=None):
-    rng = np.random.default_rng(seed)
+    """Random on the prunable leaves (``pruning.prunable`` unless given), all-True elsewhere."""
     prunable = pruning.prunable(params) if prunable is None else prunable
-    return jax.tree.map(lambda p, use: jnp.asarray(rng.random(p.shape) < keep) if use
-                        else jnp.ones(p.shape, bool), params, prunable)
+    return helpers.random_mask(seed, params, keep, prunable)
 
 
 def count_keep(density, total):
@@ -57,16 +50,6 @@ def reference_keep(score_list, alive_list, keep):
         parts.append(out[off:off + np.size(x)].reshape(np.shape(x)))
         off += np.size(x)
     return parts
-
-
-def assert_tree_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def stack(trees):
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 def alive(tree):

@@ -6,8 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from clitools import cli_env
-from conftest import FUSION_EMITTERS
+from helpers import FUSION_EMITTERS, cli_env
 
 SCRIPT = f"FUSION_EMITTERS = {FUSION_EMITTERS!r}\n" + textwrap.dedent("""
     import functools, json, sys
@@ -35,7 +34,7 @@ SCRIPT = f"FUSION_EMITTERS = {FUSION_EMITTERS!r}\n" + textwrap.dedent("""
         "vmap_over_two": lambda: lottery.Runner(exp, 2, "vmap"),
         "data_parallel": lambda: lottery.Runner(exp, 2, "map", data_parallel=True),
     }.items():
-        # The two compared bit for bit compile with XLA's fusion emitters (conftest's).
+        # The two compared bit for bit compile with XLA's fusion emitters (helpers).
         jax.jit = (functools.partial(jit, compiler_options=FUSION_EMITTERS)
                    if name in ("one_device", "runs_over_two") else jit)
         runner = runner()

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers
+from helpers import assert_tree_equal, make_params, stack
 from lth_jax import compaction, masks, models, pruning, structured
 
 MLP_SHAPES = {"Dense_0": {"kernel": (12, 10), "bias": (10,)},
@@ -30,25 +32,12 @@ global_neuron_magnitude = jax.jit(structured.global_neuron_magnitude,
 is_consistent = jax.jit(structured.is_consistent, static_argnames=("links",))
 
 
-def make_params(seed, shapes):
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s).astype(np.float32)), shapes,
-                        is_leaf=lambda x: isinstance(x, tuple))
-
-
 def random_mask(seed, params, keep=0.7):
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda p: jnp.asarray(rng.random(p.shape) < keep), params)
+    return helpers.random_mask(seed, params, keep)
 
 
 def kernel_rates(params, rate):
     return pruning.rates_by_rule(params, [(r".*kernel", rate)])
-
-
-def assert_tree_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def units(mask, layer):
@@ -60,10 +49,6 @@ def units(mask, layer):
 def is_subset(new, old):
     return all((~np.asarray(n) | np.asarray(o)).all()
                for n, o in zip(jax.tree.leaves(new), jax.tree.leaves(old)))
-
-
-def stack(trees):
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 def groups(a, m):

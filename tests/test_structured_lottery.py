@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from helpers import tiny_config
 from lth_jax import branches, lottery, masks, pruning, structured
 from lth_jax.branches import base, cheaper_tickets
 from lth_jax.config import ConfigError, validate

@@ -2,21 +2,19 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from conftest import fusion_emitters
+from helpers import fusion_emitters, synthetic_lenet
 from lth_jax import config as config_lib
-from lth_jax import data as data_lib
-from lth_jax import masks, models
+from lth_jax import masks
 from lth_jax import train as train_lib
 
 
 @pytest.fixture
 def same_numbers_across_loop_shapes():
     """For the tests that compare programs of other loop shapes bit for bit
-    (conftest.FUSION_EMITTERS)."""
+    (helpers.FUSION_EMITTERS)."""
     with fusion_emitters():
         yield
 
@@ -31,14 +29,7 @@ def train_cfg(**kw):
 
 @pytest.fixture(scope="module")
 def setup():
-    ds = data_lib.load({"name": "synthetic", "source": "synthetic", "image_shape": (6, 6, 1),
-                        "num_classes": 4, "train_size": 300, "test_size": 100,
-                        "validation_size": 60}, seed=0)
-    model = models.create("lenet300_100", num_classes=4)
-    params = models.init(model, jax.random.key(0), (6, 6, 1))["params"]
-    rng = np.random.default_rng(0)
-    mask = jax.tree.map(lambda p: jnp.asarray(rng.random(p.shape) < 0.5), params)
-    return ds, model, params, mask
+    return synthetic_lenet(keep=0.5)
 
 
 def test_learning_rate_schedule_warmup_and_drops():

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import REPO
+from helpers import REPO, lock_holder
 from lth_jax import report
 from lth_jax import workdir as wd
 
@@ -81,10 +81,7 @@ def test_lock_names_its_holder_and_dead_holders_are_taken_over(tmp_path):
     again.release()
     # A process that took the lock and was killed (SIGKILL): the kernel released its flock, the
     # file still names it; the next one takes the lock over and knows whom from.
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from lth_jax import workdir; "
-         f"workdir.Lock({workdir!r}).acquire(); print('held', flush=True); time.sleep(60)"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    holder = lock_holder(workdir)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(wd.WorkdirError, match=f"in use by process {holder.pid} "):
