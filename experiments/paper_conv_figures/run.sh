@@ -9,7 +9,7 @@
 #   TRIALS=5 RANDOM_PRUNE=True bash experiments/paper_conv_figures/run.sh  # 5 trials, both controls
 #
 # It needs a GPU: on the 2-core CPU of this project Conv-2 trains at ~10 model-steps/s and VGG-19
-# at ~1 (experiments/benchmark_2026-12-05_full.json), so the eight lotteries would take about a
+# at ~1 (benchmarks/results/input_gradient_convolution.json), so the eight lotteries would take about a
 # year there. The expected time on one GPU is an estimate from FLOP counts, not a measurement
 # (README.md: 14-47 h for all eight at 3 trials).
 #

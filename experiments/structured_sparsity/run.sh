@@ -7,7 +7,7 @@
 # the ticket and its reinit control at every level, 10K iterations per training: unstructured
 # (levels 0..10), 2:4 (0..2), 1:4 (0..3), neuron (0..10); 42 + 10 + 14 + 42 = 108 trainings (2
 # dense runs at level 0, then 2 trials x 2 variants per level), 1.08M model-steps. Then the tables
-# and the plot (summarize.py) and the speed-up of compact networks (structured_speed.py).
+# and the plot (summarize.py) and the speed-up of compact networks (benchmarks/structured_speed.py).
 # Interrupt it at any time; running it again resumes. Needs the Fashion-MNIST IDX files (Debian:
 # apt-get install dataset-fashion-mnist).
 set -euo pipefail
@@ -24,4 +24,4 @@ for pattern in unstructured 2:4 1:4 neuron; do
         "$HERE/${pattern/:/_}/"
 done
 "$PYTHON" "$HERE/summarize.py" --out="$HERE"
-"$PYTHON" experiments/structured_speed.py --json="$HERE/speed.json"
+"$PYTHON" benchmarks/structured_speed.py --json="$HERE/speed.json"

@@ -1,7 +1,7 @@
 """How long Ctrl-C takes to stop a paper config's training on this machine.
 
-    python experiments/stop_latency.py                       # lenet300_100 and conv2
-    python experiments/stop_latency.py --configs=conv6,vgg19 --tries=2 --trials=1
+    python benchmarks/stop_latency.py                       # lenet300_100 and conv2
+    python benchmarks/stop_latency.py --configs=conv6,vgg19 --tries=2 --trials=1
 
 For each config: the CLI (the config's trials unless --trials, dense level only, synthetic data of
 the dataset's shape, a progress line after every chunk) is started; after its second progress line
@@ -9,8 +9,9 @@ the dataset's shape, a progress line after every chunk) is started; after its se
 the seconds until the process has exited are measured, with its exit status and its last line.
 A chunk is whole slices of runtime.slice_iterations steps (auto: 10 for LeNet, 1 for the conv
 nets on a CPU); a stop waits for the chunk in flight to save its progress, but at most
-lottery.STOP_WAIT_SECONDS (8 s): a longer chunk (an evaluation of a big network, several runs on a
-device) is given up, and the last checkpoint stands.
+runtime.stop_wait_seconds (default 8 s): a longer chunk (an evaluation of a big network, several
+runs on a device) is given up, and the last checkpoint stands. Results: docs/performance.md,
+"Stop latency".
 """
 
 import argparse

@@ -1,8 +1,8 @@
 r"""Measured speed-up of structured tickets on this CPU (issue 19): compact network vs masked dense.
 
-    python experiments/structured_speed.py                        # LeNet-300-100 and Conv-2
-    python experiments/structured_speed.py --networks=lenet       # one network
-    python experiments/structured_speed.py --json=rows.json       # also write the rows
+    python benchmarks/structured_speed.py                        # LeNet-300-100 and Conv-2
+    python benchmarks/structured_speed.py --networks=lenet       # one network
+    python benchmarks/structured_speed.py --json=rows.json       # also write the rows
 
 What it measures, per network and per fraction of hidden units kept (50%, 25%, 10%):
 
