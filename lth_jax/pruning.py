@@ -24,7 +24,6 @@ usually Python floats made once by ``rates_by_rule`` (a setup step that reads on
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Sequence
 
@@ -32,7 +31,8 @@ import jax
 import jax.numpy as jnp
 
 from lth_jax import masks as masks_lib
-from lth_jax.selection import check_rate, is_traced, leaves_like, remove_lowest
+from lth_jax.selection import (check_rate, is_traced, leaves_like, pool, remove_lowest,
+                               unpool)
 
 PyTree = Any
 Rules = Sequence[tuple[str, float]]
@@ -262,20 +262,11 @@ def global_magnitude(params: PyTree, mask: PyTree, rate: float, prunable: PyTree
     # Leaves known to be out stay out of the pool; a traced selection pools the leaf and decides
     # at run time whether its weights compete. Either way the pooled order is leaf order, then flat
     # index, so ties are broken as the counting rule says.
-    chosen = [i for i, s in enumerate(selected) if s is not False]
+    chosen, alive = pool(mask_leaves, selected)
     if not chosen:
         return mask
     scores = jnp.concatenate([jnp.abs(param_leaves[i].astype(jnp.float32)).reshape(-1)
                               for i in chosen])
-    alive = jnp.concatenate([(mask_leaves[i] if selected[i] is True else mask_leaves[i] & selected[i])
-                             .reshape(-1) for i in chosen])
     k = num_to_remove(rate, jnp.sum(alive, dtype=jnp.int32))
-    kept = remove_lowest(scores, alive, k)
-    out = list(mask_leaves)
-    offset = 0
-    for i in chosen:
-        size = math.prod(mask_leaves[i].shape)
-        new = kept[offset:offset + size].reshape(mask_leaves[i].shape)
-        out[i] = new if selected[i] is True else jnp.where(selected[i], new, mask_leaves[i])
-        offset += size
+    out = unpool(remove_lowest(scores, alive, k), mask_leaves, selected, chosen)
     return jax.tree.unflatten(jax.tree.structure(mask), out)

@@ -61,7 +61,7 @@ import jax.numpy as jnp
 
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
-from lth_jax.selection import is_traced, keep_highest
+from lth_jax.selection import is_traced, keep_highest, pool, unpool
 
 PyTree = Any
 Allocation = Literal["global", "layerwise"]
@@ -133,26 +133,18 @@ def mask_from_scores(scores: PyTree, mask: PyTree, density: Any, prunable: PyTre
             raise ValueError("allocation='global' takes one scalar density; per-leaf densities "
                              "need allocation='layerwise'")
         _check_fraction(density, "density")
-        chosen = [i for i, s in enumerate(selected) if s is not False]
+        chosen, alive = pool(mask_leaves, selected)
         if not chosen:
             return mask
         dtype = jnp.result_type(*[_score_dtype(score_leaves[i]) for i in chosen])
         flat_scores = jnp.concatenate([score_leaves[i].astype(dtype).reshape(-1) for i in chosen])
         # A traced selection pools the leaf and decides when the program runs whether it counts.
-        alive = jnp.concatenate([(mask_leaves[i] if selected[i] is True
-                                  else mask_leaves[i] & selected[i]).reshape(-1) for i in chosen])
         total: Any = 0
         for i in chosen:
             size = math.prod(mask_leaves[i].shape)
             total = total + (size if selected[i] is True else jnp.where(selected[i], size, 0))
         kept = keep_highest(flat_scores, alive, _count(density, total))
-        out = list(mask_leaves)
-        offset = 0
-        for i in chosen:
-            size = math.prod(mask_leaves[i].shape)
-            new = kept[offset:offset + size].reshape(mask_leaves[i].shape)
-            out[i] = new if selected[i] is True else jnp.where(selected[i], new, mask_leaves[i])
-            offset += size
+        out = unpool(kept, mask_leaves, selected, chosen)
         return jax.tree.unflatten(treedef, out)
 
     if _is_scalar(density):

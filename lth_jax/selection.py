@@ -8,6 +8,7 @@ largest score. Dead entries are never chosen and never come back, so masks only 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -44,6 +45,33 @@ def keep_highest(scores: jax.Array, alive: jax.Array, keep: jax.Array) -> jax.Ar
     """
     remove = jnp.maximum(jnp.sum(alive, dtype=jnp.int32) - keep, 0)
     return remove_lowest(scores, alive, remove)
+
+
+def pool(mask_leaves: list, selected: list) -> tuple[list[int], jax.Array]:
+    """The leaves pooled by a global selection and their alive entries, flat and concatenated.
+
+    ``selected`` per leaf: True, False (left out of the pool) or a traced bool (pooled; its
+    entries count as alive only if it is selected when the program runs). Returns the pooled
+    leaves' indices (leaf order: with the flat index, the tie order) and the pooled alive [n].
+    """
+    chosen = [i for i, s in enumerate(selected) if s is not False]
+    alive = [(mask_leaves[i] if selected[i] is True else mask_leaves[i] & selected[i]).reshape(-1)
+             for i in chosen]
+    return chosen, jnp.concatenate(alive) if alive else jnp.zeros((0,), bool)
+
+
+def unpool(kept: jax.Array, mask_leaves: list, selected: list, chosen: list[int]) -> list:
+    """``mask_leaves`` with the pooled leaves ``chosen`` replaced by their part of ``kept`` (a
+    flat bool [n] over the pool, as ``pool`` made it); a traced selection keeps the old leaf
+    where it is not selected."""
+    out = list(mask_leaves)
+    offset = 0
+    for i in chosen:
+        size = math.prod(mask_leaves[i].shape)
+        new = kept[offset:offset + size].reshape(mask_leaves[i].shape)
+        out[i] = new if selected[i] is True else jnp.where(selected[i], new, mask_leaves[i])
+        offset += size
+    return out
 
 
 def check_rate(rate: Any, where: str, allow_one: bool = True) -> None:
