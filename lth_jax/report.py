@@ -154,21 +154,11 @@ def check_config(config: Mapping, path: str = CONFIG_FILE) -> None:
 
 
 def _has(config: Mapping | None, *keys: str) -> bool:
-    node: Any = config
-    for key in keys:
-        if not isinstance(node, Mapping) or key not in node:
-            return False
-        node = node[key]
-    return True
+    return workdir_lib.get_field(config, *keys, default=_ABSENT) is not _ABSENT
 
 
-def _get(config: Mapping | None, *keys: str, default: Any = None) -> Any:
-    node: Any = config
-    for key in keys:
-        if not isinstance(node, Mapping) or key not in node:
-            return default
-        node = node[key]
-    return node
+_ABSENT = object()
+_get = workdir_lib.get_field
 
 
 def _missing_lines(config: Mapping, missing: list[tuple[int, str, tuple[int, ...]]]) -> list[str]:

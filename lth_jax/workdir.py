@@ -77,7 +77,9 @@ def progress_checkpoint(level: int) -> str:
 
 # ----------------------------------------------------------------------------- the experiment
 
-def _get(config: Mapping, *keys: str, default: Any = None) -> Any:
+def get_field(config: Mapping | None, *keys: str, default: Any = None) -> Any:
+    """The value at ``config[keys[0]][keys[1]]...`` of a resolved config (plain JSON data), or
+    ``default`` where a key is missing or a node is not a mapping."""
     node: Any = config
     for key in keys:
         if not isinstance(node, Mapping) or key not in node:
@@ -88,19 +90,19 @@ def _get(config: Mapping, *keys: str, default: Any = None) -> Any:
 
 def variants(config: Mapping) -> tuple[str, ...]:
     """The ticket and the controls the config enables, in the order of ``VARIANTS``."""
-    return ("ticket",) + tuple(v for v in VARIANTS[1:] if _get(config, "controls", v, default=False))
+    return ("ticket",) + tuple(v for v in VARIANTS[1:] if get_field(config, "controls", v, default=False))
 
 
 def level_runs(config: Mapping, level: int) -> list[tuple[str, int]]:
     """(variant, trial) of every run of a level, variant-major; level 0 (dense) has only tickets."""
-    trials = int(_get(config, "trials", default=1))
+    trials = int(get_field(config, "trials", default=1))
     return [(v, t) for v in (("ticket",) if level == 0 else variants(config)) for t in range(trials)]
 
 
 def expected_runs(config: Mapping) -> list[tuple[int, str, int]]:
     """Every (level, variant, trial) the experiment in ``config`` produces, sorted by level, then
     variant (in the order of ``VARIANTS``), then trial."""
-    levels = int(_get(config, "prune", "levels", default=0))
+    levels = int(get_field(config, "prune", "levels", default=0))
     return [(level, v, t) for level in range(levels + 1) for v, t in level_runs(config, level)]
 
 
