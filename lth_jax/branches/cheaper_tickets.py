@@ -403,7 +403,8 @@ def run(ctx: base.Context) -> None:
         for r in runs:
             r["mask_file"] = os.path.join(MASKS, f"trial{trial}_level{r['level']}_{r['method']}.npz")
             ctx.folder.write(lambda r=r: _save_mask(ctx.folder.path, r), r["mask_file"])
-        new = _outcomes(ctx, trial, runs, trunk_records)
+        later = len(ctx.trials) - 1 - ctx.trials.index(trial)  # trials after this one
+        new = _outcomes(ctx, trial, runs, trunk_records, later)
         ctx.folder.add_records(sorted(new, key=lambda r: (r["level"], _rank(r["method"]))))
         for r in new:
             acc = r["test_accuracy_at_early_stop"]
@@ -414,7 +415,8 @@ def run(ctx: base.Context) -> None:
                     + ("  [trunk's run]" if r["trained_in"] == "trunk" else ""))
 
 
-def _outcomes(ctx: base.Context, trial: int, runs: list[dict], trunk_records: dict) -> list[dict]:
+def _outcomes(ctx: base.Context, trial: int, runs: list[dict], trunk_records: dict,
+              later_trials: int = 0) -> list[dict]:
     """The records of a trial's runs, each mask trained once: IMP's ticket and the random mask
     have the trunk's outcome (the trunk trained them); of the other runs, those with equal masks
     (e.g. one-shot at level 1 is IMP's level-1 ticket) share one training."""
@@ -431,7 +433,8 @@ def _outcomes(ctx: base.Context, trial: int, runs: list[dict], trunk_records: di
         if r["digest"] not in known:
             unique.setdefault(r["digest"], r)
     if unique:
-        for record, r in zip(_train(ctx, trial, list(unique.values())), unique.values()):
+        for record, r in zip(_train(ctx, trial, list(unique.values()), later_trials),
+                             unique.values()):
             known[r["digest"]] = record
     return [_record_from(exp, r, known[r["digest"]], trial) for r in runs]
 
@@ -453,8 +456,9 @@ def _save_mask(folder: str, run_: dict) -> None:
     masks_lib.save(path, run_["mask"])
 
 
-def _train(ctx: base.Context, trial: int, runs: list[dict]) -> list[dict]:
-    """Train a trial's masks together from θ_rewind with the trial's keys; their records."""
+def _train(ctx: base.Context, trial: int, runs: list[dict], later_trials: int = 0) -> list[dict]:
+    """Train a trial's masks together from θ_rewind with the trial's keys; their records.
+    ``later_trials``: trials still to train after this one (about as many runs each: the ETA)."""
     exp = ctx.exp
     seed, k = int(exp.config.seed), int(exp.config.prune.rewind_iteration)
     theta = jax.tree.map(lambda x: np.asarray(x[trial]), ctx.trunk.init()["theta_rewind"])
@@ -470,6 +474,7 @@ def _train(ctx: base.Context, trial: int, runs: list[dict]) -> list[dict]:
     name = f"progress_t{trial}"
     trained = ctx.train(name, f"trial {trial}", ctx.runner(), batch,
                         [(r["level"], r["method"]) for r in runs], start=k,
+                        later_steps=later_trials * n * (exp.trainer.iterations - k),
                         runs=[f"trial_{trial}/level_{r['level']:02d}/{r['method']}" for r in runs])
     ctx.folder.remove(name)
     return [_record(exp, trained, i, r, trial=trial) for i, r in enumerate(runs)]

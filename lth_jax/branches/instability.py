@@ -113,6 +113,12 @@ def run(ctx: base.Context) -> None:
     seed = int(exp.config.seed)
     ctx.log(f"instability: {len(ctx.trials)} trial(s), k in {ks}, levels {levels}, warmup "
             f"{warmups}")
+    T = exp.trainer.iterations
+    todo_all = {(w, t, k): [lv for lv in levels if (t, w, lv, k) not in done]
+                for w in warmups for t in ctx.trials for k in ks}
+    # The model-steps of the copies still to train after each batch (the progress lines' ETA).
+    steps = [2 * len(lv) * (T - k) for (_, _, k), lv in todo_all.items()]
+    later = dict(zip(todo_all, [sum(steps[i + 1:]) for i in range(len(steps))]))
     for warmup in warmups:
         wexp = exp if warmup == warmups[0] else without_warmup(exp)
         runner = ctx.runner(wexp)
@@ -127,7 +133,8 @@ def run(ctx: base.Context) -> None:
             dk, nk = trial_key(seed, trial, DATA), trial_key(seed, trial, NOISE)
             for k in ks:
                 if todo[k]:
-                    _copies(ctx, wexp, runner, path, trial, warmup, k, todo[k], thetas[k], dk, nk)
+                    _copies(ctx, wexp, runner, path, trial, warmup, k, todo[k], thetas[k], dk, nk,
+                            later[(warmup, trial, k)])
 
 
 def without_warmup(exp: Experiment) -> Experiment:
@@ -173,7 +180,8 @@ def rewind_points(ctx: base.Context, exp: Experiment, trial: int, warmup: int,
 
 
 def _copies(ctx: base.Context, exp: Experiment, runner, path, trial: int, warmup: int, k: int,
-            levels: list[int], theta_k: tuple, dk: jax.Array, nk: jax.Array) -> None:
+            levels: list[int], theta_k: tuple, dk: jax.Array, nk: jax.Array,
+            later_steps: int) -> None:
     """Train the two copies of every mask from θ_k (one batch) and record their barriers."""
     params_k, stats_k = theta_k
     masks = [masks_lib.ones_like(params_k) if level == 0 else jax.tree.map(
@@ -188,7 +196,7 @@ def _copies(ctx: base.Context, exp: Experiment, runner, path, trial: int, warmup
     name = f"progress_w{warmup}_t{trial}_k{k}"
     order = [(level, copy) for level in levels for copy in (0, 1)]
     trained = ctx.train(name, f"trial {trial} k={k} (warmup {warmup})", runner, batch, order,
-                        start=k, runs=[f"warmup_{warmup}/trial_{trial}/k_{k}/level_{level:02d}/"
+                        start=k, later_steps=later_steps, runs=[f"warmup_{warmup}/trial_{trial}/k_{k}/level_{level:02d}/"
                                        f"copy_{'ab'[copy]}" for level, copy in order])
     result = trained.result
     new = []
