@@ -10,11 +10,10 @@ import subprocess
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO, cli_flags, tiny_config
+from helpers import REPO, cli_flags, tiny_config
 from lth_jax import branches, lottery, masks, pruning, scores, workdir
 from lth_jax.branches import base
 from lth_jax.branches import cheaper_tickets as ct

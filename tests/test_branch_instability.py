@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import fusion_emitters
+from helpers import fusion_emitters
 from lth_jax import branches, lottery, workdir
 from lth_jax import config as config_lib
 from lth_jax.branches import base

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, fusion_emitters, tiny_config
+from helpers import REPO, fusion_emitters, tiny_config
 from lth_jax import branches, lottery, masks, workdir
 from lth_jax import config as config_lib
 from lth_jax.branches import base, retrain
@@ -71,7 +71,7 @@ def test_fine_tuning_starts_from_the_masked_trained_weights_and_records_say_so(t
     records, seen = _capturing_run(config, str(tmp_path))
     saved = lottery.load_experiment(str(tmp_path))
     for level in (1, 2):
-        (params, stats, mask), start = seen[level][0]["ticket"], seen[level][1]
+        (params, _, mask), start = seen[level][0]["ticket"], seen[level][1]
         source = saved["levels"][level - 1]
         assert start == 75
         assert masks.is_subset(mask, source["mask"])

@@ -5,7 +5,6 @@ the subject: it trains, checkpoints θ_k and appends records between batches.)""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,11 +12,9 @@ import sys
 
 import pytest
 
-from clitools import (Cli, _no_cli_left_running, assert_same_experiment,  # noqa: F401 (fixture)
-                      cli_env, crashed, error_line, partial_checkpoints, run_cli, strip_timing)
-from conftest import REPO, cli_flags, tiny_config
+from helpers import (REPO, Cli, assert_same_experiment, cli_env, cli_flags, crashed, error_line,
+                     lock_holder, partial_checkpoints, run_cli, strip_timing, tiny_config)
 from lth_jax import branches, lottery, workdir
-from lth_jax import config as config_lib
 from lth_jax.branches import base, instability
 
 NO_CONTROLS = {"controls.reinit": False, "controls.random_prune": False, "prune.levels": 1}
@@ -149,10 +146,7 @@ def test_a_second_process_on_a_branch_is_refused_and_a_clean_end_frees_the_lock(
     shutil.copytree(reference[0], path)
     folder = _folder(path, reference)
     assert open(os.path.join(folder, workdir.LOCK)).read() == ""  # released: names no holder
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from lth_jax import workdir; "
-         f"workdir.Lock({folder!r}).acquire(); print('held', flush=True); time.sleep(60)"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    holder = lock_holder(folder)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(lottery.ExperimentError, match=f"in use by process {holder.pid} "):

@@ -188,7 +188,7 @@ def test_a_run_writes_its_curves_live_and_a_resume_neither_duplicates_nor_loses_
 
     import pytest
 
-    from conftest import tiny_config
+    from helpers import tiny_config
     from lth_jax import lottery
 
     cfg = tiny_config(runtime__chunk_seconds=1e-6, runtime__checkpoint_minutes=1e-9)
