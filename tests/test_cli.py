@@ -3,7 +3,6 @@
 installs without warnings from its own metadata."""
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lth_jax import config as config_lib
-from lth_jax import data, main, report
+from lth_jax import data, report
 from lth_jax.data import DatasetError
 
 ROOT = Path(__file__).resolve().parents[1]
