@@ -105,6 +105,11 @@ def test_lr_rewinding_with_t_equal_to_T_is_weight_rewinding_to_the_trained_weigh
         np.testing.assert_array_equal(a, b)
     records = workdir.read_records(folder)
     assert [r["retrain"] for r in records] == ["lr_rewinding"] * 2
+    # Reopened, the folder keeps every trial's records (its config.json names no trials: the
+    # runs of a level come from the experiment's config).
+    again = base.run(_branch(rule="lr_rewinding", levels=1), config, str(tmp_path),
+                     log=lambda _: None)
+    assert workdir.read_records(again) == records
     np.testing.assert_array_equal([r["val_loss"] for r in records],
                                   np.asarray(by_hand.val_loss, np.float64).tolist())
 

@@ -270,7 +270,7 @@ class Store(Folder):
                 self.log(f"lth_jax: {e}; level {level} is computed again")
                 self.remove(name)
                 continue
-            expected = workdir_lib.level_runs(self.config, level)
+            expected = workdir_lib.level_runs(config_to_json(self.exp.config), level)
             kept = [by_run.get((level, v, t)) for v, t in expected]
             if None in kept:
                 kept = meta["records"]
