@@ -1,7 +1,8 @@
-r"""Training speed of lth_jax on every network of the paper, against the machine and PyTorch eager.
+r"""Training speed of lth_jax on every network of the paper, against the machine and PyTorch.
 
-    python experiments/benchmark.py                      # every case (~15 minutes on a 2-core CPU)
+    python experiments/benchmark.py                      # every case (~30 minutes on a 2-core CPU)
     python experiments/benchmark.py --cases=conv2,e2e    # a subset (comma-separated name prefixes)
+    python experiments/benchmark.py --cases=resnet20,e2e-resnet20   # ResNet-20 steady, end to end
     python experiments/benchmark.py --notorch            # without the PyTorch columns
     python experiments/benchmark.py --cases=conv,vgg,resnet --conv=xla,canonical_vjp,winograd --notorch
                                    # on a GPU: which convolution model.conv="auto" should pick
@@ -15,10 +16,14 @@ Cases, each in a fresh process (XLA's device count and threading are fixed at st
   row evaluates as the paper does (5K validation + 10K test examples every 100 iterations), and a
   second LeNet row trains only; the conv rows train only (one evaluation of 8 + 8 examples at the end), so they
   show the steady state of training;
-* ``e2e``: the CLI, ``python -m lth_jax.main --config=configs/conv2.py`` on synthetic data with
-  2 trials × 300 iterations, timed from the shell (start-up, data, compilation, evaluation and
-  checkpoints included), against PyTorch eager doing the same training steps and the same number of
-  evaluated examples in one process (start-up included).
+* ``e2e-conv2`` and ``e2e-resnet20`` (``e2e`` selects both): the CLI, ``python -m lth_jax.main
+  --config=configs/conv2.py`` (``resnet18.py``) on synthetic data with 2 trials × 300 iterations,
+  timed from the shell (start-up, data, compilation, evaluation of 5K + 2K examples every 100
+  iterations and checkpoints included), against PyTorch doing the same training steps and the same
+  number of evaluated examples in one process (start-up and its compilation included), in the
+  variant that won the network's steady-state row of the same call (channels-last eager where that
+  row did not run). ResNet-20's CLI run also augments its batches (flips and crops, the paper's);
+  PyTorch's does not.
 
 Columns:
 * model-steps/s: R · iterations / wall seconds of the second call (the first one compiles);
@@ -34,8 +39,12 @@ Columns:
   CPUs) the step does ~2.25x fewer multiplies in it, so its own count (GFLOP/s, % matmul) drops
   while the rate of the work a direct convolution would have done can pass 100%;
 * compile s: first call minus second; peak MB: the process's peak RSS (device peak on GPUs);
-* torch steps/s: PyTorch eager, the same network, batch and masked step, with as many threads as
-  cores (``experiments/torch_reference.py``); "× torch": lth_jax's model-steps/s over it.
+* PyTorch: the same network, batch and masked step with as many threads as cores
+  (``experiments/torch_reference.py``), each variant in a process of its own: eager in NCHW
+  ("eager"), eager in channels-last ("chan-last"), and the whole train step under
+  ``torch.compile`` ("compiled", channels-last); "best" is the fastest of them, "won" names it and
+  "t-comp s" is the compiled variant's compilation (its warm-up steps beyond steady ones);
+  "× best": lth_jax's model-steps/s over the best. LeNet has no convolution: no channels-last row.
 """
 
 import argparse
@@ -191,25 +200,52 @@ def _subprocess(args, env=None, timeout=1800) -> tuple[dict | None, float, str]:
     return json.loads(lines[-1][7:]), wall, ""
 
 
-def torch_row(model: str, batch: int, steps: int, threads: int, shape) -> dict | None:
-    result, _, err = _subprocess([sys.executable, os.path.join(HERE, "torch_reference.py"),
-                                  f"--model={model}", f"--batch={batch}", f"--steps={steps}",
-                                  f"--threads={threads}", "--shape=" + ",".join(map(str, shape))])
-    if result is None:
-        print(f"  (PyTorch {model}: {err})")
-    return result
+TORCH_VARIANTS = ("eager", "channels_last", "compile")
 
 
-def end_to_end(ncpu: int, use_torch: bool) -> dict:
-    """The CLI on Conv-2 (2 trials x 300 iterations) against PyTorch doing the same work."""
+def torch_row(model: str, batch: int, steps: int, threads: int, shape,
+              variants=TORCH_VARIANTS) -> dict:
+    """PyTorch's steps/s for each variant (``experiments/torch_reference.py``, a process each):
+    ``{variant: result or None}``, then ``best`` (the variant with the most steps/s, None if none
+    ran) and ``best_steps_per_s``."""
+    rows = {}
+    for variant in variants:
+        if variant == "channels_last" and model == "lenet300_100":
+            continue  # no convolution: the same program as eager
+        result, _, err = _subprocess([
+            sys.executable, os.path.join(HERE, "torch_reference.py"), f"--model={model}",
+            f"--batch={batch}", f"--steps={steps}", f"--threads={threads}",
+            "--shape=" + ",".join(map(str, shape)), f"--variant={variant}"])
+        if result is None:
+            print(f"  (PyTorch {model} {variant}: {err})")
+        rows[variant] = result
+    ran = {v: r for v, r in rows.items() if r}
+    best = max(ran, key=lambda v: ran[v]["steps_per_s"]) if ran else None
+    return {"variants": rows, "best": best,
+            "best_steps_per_s": ran[best]["steps_per_s"] if best else None}
+
+
+#: The end-to-end rows: (case, config file, model name, batch, the CLI's extra flags). ResNet-20's
+#: schedule (20K warm-up iterations, drops at 20K and 25K) does not fit 300 iterations; the
+#: learning rate's schedule does not change a step's work.
+END_TO_END = [("e2e-conv2", "conv2.py", "conv2", 60, ()),
+              ("e2e-resnet20", "resnet18.py", "resnet20", 128,
+               ("--config.train.lr_drops=()", "--config.train.warmup_iterations=0"))]
+
+
+def end_to_end(config: str, model: str, batch: int, ncpu: int, torch_variant: str | None,
+               flags=()) -> dict:
+    """The CLI on ``config`` (2 trials x 300 iterations, ``flags`` added) against PyTorch doing the
+    same work in ``torch_variant`` (None: no PyTorch)."""
     trials, iterations, eval_every, val, test = 2, 300, 100, 5000, 2000
     workdir = tempfile.mkdtemp(prefix="lth_jax_e2e_")
     try:
-        args = [sys.executable, "-m", "lth_jax.main", "--config=configs/conv2.py",
+        args = [sys.executable, "-m", "lth_jax.main", f"--config=configs/{config}",
                 f"--workdir={workdir}", "--noreport", "--config.dataset.source=synthetic",
                 f"--config.train.iterations={iterations}", f"--config.trials={trials}",
+                f"--config.train.eval_every={eval_every}",
                 "--config.prune.levels=0", f"--config.dataset.validation_size={val}",
-                f"--config.dataset.test_size={test}"]
+                f"--config.dataset.test_size={test}", *flags]
         t0 = time.perf_counter()
         out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
         cli = time.perf_counter() - t0
@@ -217,21 +253,39 @@ def end_to_end(ncpu: int, use_torch: bool) -> dict:
             raise RuntimeError(f"the CLI failed: {out.stderr.strip().splitlines()[-1:]}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    row = {"cli_seconds": cli, "trials": trials, "iterations": iterations}
-    if use_torch:
+    row = {"cli_seconds": cli, "trials": trials, "iterations": iterations, "config": config}
+    if torch_variant:
         # The same evaluated examples: per run, (val + test) at every evaluation, plus the test set
         # at the early-stopping point and at the end.
         evals = iterations // eval_every
         examples = trials * (evals * (val + test) + 2 * test)
         per_eval = examples // (trials * evals)
         result, wall, err = _subprocess(
-            [sys.executable, os.path.join(HERE, "torch_reference.py"), "--model=conv2",
-             "--batch=60", f"--steps={trials * iterations}", f"--threads={ncpu}",
-             f"--eval_examples={per_eval}", f"--eval_every={eval_every}"])
+            [sys.executable, os.path.join(HERE, "torch_reference.py"), f"--model={model}",
+             f"--batch={batch}", f"--steps={trials * iterations}", f"--threads={ncpu}",
+             f"--eval_examples={per_eval}", f"--eval_every={eval_every}",
+             f"--variant={torch_variant}"], timeout=3600)
+        row["torch_variant"] = torch_variant
         row["torch_seconds"] = wall if result else None
         if result is None:
-            print(f"  (PyTorch e2e: {err})")
+            print(f"  (PyTorch e2e {model}: {err})")
     return row
+
+
+def _torch_columns(row: dict) -> str:
+    """The PyTorch part of a printed row: steps/s of each variant, the compiled variant's
+    compilation seconds, the best steps/s, which variant it was, and lth_jax over it."""
+    variants = row.get("torch") or {}
+    rate = lambda v: f"{variants[v]['steps_per_s']:.2f}" if variants.get(v) else "-"
+    compiled = variants.get("compile")
+    compile_s = f"{compiled['compile_s']:.0f}" if compiled else "-"
+    best = row.get("torch_steps_per_s")
+    best_text = f"{best:.2f}" if best else "-"
+    versus = f"{row['model_steps_per_s'] / best:.2f}" if best else "-"
+    won = {"eager": "eager", "channels_last": "chan-last", "compile": "compiled"}.get(
+        row.get("torch_best"), "-")
+    return (f"{rate('eager'):>7} {rate('channels_last'):>9} {rate('compile'):>8} "
+            f"{compile_s:>8} {best_text:>7} {won:>9} {versus:>6}")
 
 
 def main():
@@ -243,6 +297,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=2,
                         help="timed calls after the compiling one (LeNet; conv rows time one)")
     parser.add_argument("--notorch", action="store_true", help="skip the PyTorch columns")
+    parser.add_argument("--torch_variants", default=",".join(TORCH_VARIANTS),
+                        help="comma-separated PyTorch variants to time "
+                        f"({', '.join(TORCH_VARIANTS)}); the best of them is the baseline")
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
     parser.add_argument("--conv", default="auto",
                         help="comma-separated model.conv values, each conv row run with each in "
@@ -273,9 +330,16 @@ def main():
     matmul, _, _ = _subprocess([sys.executable, __file__, "--child=matmul"])
     matmul = matmul["matmul_gflops"] if matmul else float("nan")
     print(f"platform {platform}, {ncpu} cores; 2048x2048 float32 matmul: {matmul:.1f} GFLOP/s")
+    torch_variants = [v for v in args.torch_variants.split(",") if v]
+    unknown = sorted(set(torch_variants) - set(TORCH_VARIANTS))
+    if unknown:
+        parser.error(f"unknown --torch_variants {', '.join(unknown)}")
     print(f"{'case':<26} {'runs':>4} {'iters':>5} {'model-steps/s':>13} {'GFLOP/s':>8} "
-          f"{'% matmul':>8} {'direct %':>8} {'compile s':>9} {'peak MB':>8} {'torch steps/s':>13} {'× torch':>7}")
+          f"{'% matmul':>8} {'direct %':>8} {'compile s':>9} {'peak MB':>8} "
+          f"{'eager':>7} {'chan-last':>9} {'compiled':>8} {'t-comp s':>8} {'best':>7} "
+          f"{'won':>9} {'× best':>6}")
     rows = []
+    torch_best = {}  # model name -> the variant that won its steady-state row
     slicings = [int(v) for v in args.slice_iterations.split(",")]
     convs = [v for v in args.conv.split(",") if v]
     for (name, config, batch, iterations, paper_eval), slices, conv in (
@@ -306,27 +370,34 @@ def main():
                 and conv == convs[0]):
             model = load_config(config).model.name
             shape = (28, 28, 1) if lenet else (32, 32, 3)
-            t = torch_row(model, batch, max(8, min(iters, 200 if lenet else 23)), ncpu, shape)
-            r["torch_steps_per_s"] = t["steps_per_s"] if t else None
+            # Steps after PyTorch's warm-up ones (torch_reference.WARMUP_STEPS, where the compiled
+            # variant compiles): LeNet's are short, a conv row's as many as ours or 20.
+            steps = 3 + max(8, min(iters, 200 if lenet else 20))
+            t = torch_row(model, batch, steps, ncpu, shape, torch_variants)
+            r["torch"] = t["variants"]
+            r["torch_best"] = t["best"]
+            r["torch_steps_per_s"] = t["best_steps_per_s"]
+            if t["best"]:
+                torch_best[model] = t["best"]
         rows.append(r)
         peak = r["device_peak_mb"] or r["host_peak_rss_mb"]
-        torch_rate = r.get("torch_steps_per_s")
-        versus = (f"{r['model_steps_per_s'] / torch_rate:>7.2f}" if torch_rate else f"{'-':>7}")
-        torch_text = f"{torch_rate:>13.2f}" if torch_rate else f"{'-':>13}"
         print(f"{name:<26} {runs:>4} {iters:>5} {r['model_steps_per_s']:>13.2f} "
               f"{r['achieved_gflops']:>8.1f} {100 * r['achieved_gflops'] / matmul:>7.0f}% "
               f"{100 * r['direct_equivalent_gflops'] / matmul:>7.0f}% "
-              f"{r['compile_s']:>9.1f} {peak:>8.0f} {torch_text} {versus}", flush=True)
-    if selected("e2e"):
-        e = end_to_end(ncpu, use_torch)
-        rows.append({"case": "e2e"} | e)
-        line = (f"\nConv-2 end to end through the CLI, {e['trials']} trials x {e['iterations']} "
+              f"{r['compile_s']:>9.1f} {peak:>8.0f} {_torch_columns(r)}", flush=True)
+    for case, config, model, batch, flags in END_TO_END:
+        if not selected(case):
+            continue
+        variant = torch_best.get(model, "channels_last") if use_torch else None
+        e = end_to_end(config, model, batch, ncpu, variant, flags)
+        rows.append({"case": case} | e)
+        line = (f"\n{case}: the CLI on configs/{config}, {e['trials']} trials x {e['iterations']} "
                 f"iterations (start-up, compilation and evaluation included): {e['cli_seconds']:.1f} s")
         if e.get("torch_seconds"):
-            line += (f"; PyTorch eager, the same steps and evaluated examples: "
-                     f"{e['torch_seconds']:.1f} s; lth_jax is {e['torch_seconds'] / e['cli_seconds']:.2f}x "
-                     "as fast")
-        print(line)
+            line += (f"; PyTorch ({variant}), the same steps and evaluated examples: "
+                     f"{e['torch_seconds']:.1f} s; lth_jax is "
+                     f"{e['torch_seconds'] / e['cli_seconds']:.2f}x as fast")
+        print(line, flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

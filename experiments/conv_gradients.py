@@ -13,8 +13,8 @@ ResNet-20's at 128) written several ways, on one single-threaded XLA:CPU device 
     taskset -c 0 python experiments/conv_gradients.py
 
 Each scans 8 different inputs (XLA cannot hoist the work out of the loop); median of 3 calls.
-Which input gradient is fastest depends on the CPU (BUILD_NOTES.md, "The input gradient as a
-forward convolution on AVX-512 CPUs").
+Which input gradient is fastest depends on the CPU (docs/performance.md, "The input gradient as a
+forward convolution; dy transposed once").
 """
 
 import os

@@ -7,10 +7,12 @@ step, with the jaxpr op it came from (from the optimised HLO's metadata).
 
 ``conv`` is ``model.conv`` (default ``auto``: ``winograd`` on a CPU).
 
+It prints the step's thunk time by kind and by part (forward or backward; convolutions, batch
+norm, dense layers, the element-wise work between them, the optimizer), then the longest thunks.
 ``ynn_fusion`` thunks run in YNNPACK (XLA:CPU's library for canonical convolutions and dots),
 ``conv_general_dilated``/``dot`` ones in Eigen, ``*_fusion`` ones are XLA's own loops (copies,
-element-wise work). The per-op figures of BUILD_NOTES.md ("The input gradient as a forward
-convolution on AVX-512 CPUs") came from this.
+element-wise work). The per-op figures of docs/performance.md ("The input gradient as a forward
+convolution; dy transposed once") came from this.
 """
 
 import collections
@@ -33,14 +35,33 @@ from lth_jax import config as config_lib  # noqa: E402
 from lth_jax import lottery, masks  # noqa: E402
 
 
-def op_names(hlo: str) -> dict[str, str]:
-    """HLO instruction name -> 'shape  jaxpr-scope/op' from the optimised HLO's metadata."""
-    names = {}
+def op_names(hlo: str) -> tuple[dict[str, str], dict[str, str]]:
+    """HLO instruction name -> 'shape  jaxpr-scope/op', and -> its part of the step (see
+    :func:`part`), from the optimised HLO's metadata."""
+    names, parts = {}, {}
     for line in hlo.splitlines():
         m = re.match(r'\s*(?:ROOT )?%([\w.\-]+) = (\S+) .*?op_name="([^"]+)"', line)
         if m:
             names[m.group(1)] = f"{m.group(2)}  {'/'.join(m.group(3).split('/')[-2:])}"
-    return names
+            parts[m.group(1)] = part(m.group(3))
+    return names, parts
+
+
+def part(op_name: str) -> str:
+    """The part of a step an op belongs to: forward or backward ("transpose(jvp" in its jaxpr
+    scope) and the kind of the innermost Flax module it sits in (conv, batch norm, dense), or
+    "element-wise" inside a network but outside those modules (ReLU, residual sums, pools),
+    "optimizer / loss" outside the network."""
+    direction = "backward" if "transpose(jvp" in op_name else "forward"
+    scopes = op_name.split("/")
+    for scope in reversed(scopes):
+        for prefix, kind in (("shortcut_conv", "1x1 shortcut conv"), ("shortcut_bn", "batch norm"),
+                             ("Conv_", "conv"), ("BatchNorm_", "batch norm"), ("Dense_", "dense")):
+            if scope.startswith(prefix):
+                return f"{direction} {kind}"
+    if any(s.startswith("jvp(") or s.startswith("transpose(jvp(") for s in scopes):
+        return f"{direction} element-wise"
+    return "optimizer / loss"
 
 
 def main(name: str = "conv2", steps: str = "4", rows: str = "30", conv: str = "auto") -> None:
@@ -71,20 +92,24 @@ def main(name: str = "conv2", steps: str = "4", rows: str = "30", conv: str = "a
     per_thunk = collections.Counter()
     for plane in profile.planes:
         for line in plane.lines:
-            if not line.name.startswith("tf_XLAEigen"):  # the device's worker thread
+            # The device's thunks run on its Eigen worker or on the client's own thread
+            # (which one depends on the jaxlib and the machine): both are read.
+            if not line.name.startswith(("tf_XLAEigen", "tf_XLAPjRtCpuClient")):
                 continue
             for event in line.events:
                 if not event.name.startswith(("ThunkExecutor", "while", "end:", "Threadpool")):
                     per_thunk[event.name] += event.duration_ns / count / 1e6
-    names = op_names(run.lower(state).compile().as_text())
-    kinds = collections.Counter()
+    names, parts = op_names(run.lower(state).compile().as_text())
+    kinds, by_part = collections.Counter(), collections.Counter()
     for thunk, ms in per_thunk.items():
         kinds[re.sub(r"\.\d+$", "", thunk)] += ms
+        by_part[parts.get(thunk, "unnamed (copies)")] += ms
     print(f"{name}, batch {batch}, jax {jax.__version__}, one core: "
           f"{sum(per_thunk.values()):.1f} ms of thunks a step")
     print("by kind: " + ", ".join(f"{k} {v:.1f}" for k, v in kinds.most_common(8)))
+    print("by part: " + ", ".join(f"{k} {v:.1f}" for k, v in by_part.most_common()))
     for thunk, ms in per_thunk.most_common(int(rows)):
-        print(f"{ms:8.2f} ms  {thunk:28s} {names.get(thunk, '')}")
+        print(f"{ms:8.2f} ms  {thunk:28s} {parts.get(thunk, ''):22s} {names.get(thunk, '')}")
 
 
 if __name__ == "__main__":

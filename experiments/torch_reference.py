@@ -1,12 +1,20 @@
-r"""The PyTorch eager baseline of the benchmark: the paper's networks trained as users write it.
+r"""The PyTorch baselines of the benchmark: the paper's networks as users train them, three ways.
 
 A masked training step as PyTorch lottery-ticket code writes it (OpenLTH and most tutorials): the
 forward pass on the masked weights, ``loss.backward()``, gradients of pruned weights zeroed, the
-optimizer step, the weights masked again. NCHW float32, ``torch.set_num_threads(threads)``. The
+optimizer step, the weights masked again. float32, ``torch.set_num_threads(threads)``. The
 networks mirror ``lth_jax.models`` (same layers, widths, batch norm, optimizer), so the FLOPs are the
-same.
+same. Variants (``--variant``):
+
+* ``eager``: eager mode, NCHW tensors (PyTorch's default);
+* ``channels_last``: eager mode, the model and each batch in ``torch.channels_last`` (NHWC in
+  memory), which oneDNN's CPU convolutions prefer;
+* ``compile``: the whole train step (forward, ``backward()``, masking, optimizer step) under
+  ``torch.compile`` (Inductor), channels-last, and the evaluation forward pass compiled too. Its
+  first steps compile; ``compile_s`` is their time beyond the steady state's.
 
     python experiments/torch_reference.py --model=conv2 --steps=20        # steps/s of one model
+    python experiments/torch_reference.py --model=resnet20 --batch=128 --variant=compile
 
 Used by ``experiments/benchmark.py`` in a subprocess of its own; prints one ``RESULT {json}`` line.
 """
@@ -76,18 +84,37 @@ def build(name: str, channels: int, size: int):
     raise ValueError(f"no PyTorch reference for {name!r}")
 
 
+VARIANTS = ("eager", "channels_last", "compile")
+#: Steps before the timed ones: the compiled step compiles in its first call and again once the
+#: optimizer's state exists (its second); eager steps warm oneDNN's caches.
+WARMUP_STEPS = 3
+
+
 def run(model_name: str, batch: int, steps: int, threads: int, shape=(32, 32, 3),
-        train_size: int = 2000, eval_examples: int = 0, eval_every: int = 0) -> dict:
+        train_size: int = 2000, eval_examples: int = 0, eval_every: int = 0,
+        variant: str = "eager") -> dict:
     """Train ``steps`` masked steps; every ``eval_every`` steps also evaluate ``eval_examples``
-    examples (0: no evaluation). Returns steps/s of the timed steps (after 3 warm-up steps) and
-    the wall time of the whole call (``seconds``)."""
+    examples (0: no evaluation). ``variant`` is one of :data:`VARIANTS`.
+
+    Returns ``steps_per_s`` of the timed steps (all but the first ``WARMUP_STEPS``), ``seconds``
+    (the wall time of the whole call, start-up and compilation included), ``compile_s`` (the
+    warm-up steps' time beyond as many steady steps), ``variant``, ``threads`` and ``torch``
+    (the version).
+    """
     import torch
 
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if steps <= WARMUP_STEPS:
+        raise ValueError(f"steps must exceed the {WARMUP_STEPS} warm-up steps; got {steps}")
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     start = time.perf_counter()
     size, _, channels = shape
     model, optimizer_name = build(model_name, channels, size)
+    memory_format = (torch.channels_last if variant != "eager" and model_name != "lenet300_100"
+                     else torch.contiguous_format)
+    model = model.to(memory_format=memory_format)
     masks = {n: torch.rand_like(p) < 0.8 for n, p in model.named_parameters() if p.dim() > 1}
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -97,17 +124,16 @@ def run(model_name: str, batch: int, steps: int, threads: int, shape=(32, 32, 3)
         optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    images = torch.randn(train_size, channels, size, size)
+    images = torch.randn(train_size, channels, size, size).contiguous(memory_format=memory_format)
     labels = torch.randint(0, 10, (train_size,))
-    eval_images = torch.randn(max(eval_examples, 1), channels, size, size)
+    eval_images = torch.randn(max(eval_examples, 1), channels, size, size).contiguous(
+        memory_format=memory_format)
     loss_fn = torch.nn.CrossEntropyLoss()
     params = dict(model.named_parameters())
 
-    def step(i):
-        idx = torch.randint(0, train_size, (batch,))
-        model.train()
+    def train_step(x, y):
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(images[idx]), labels[idx])
+        loss = loss_fn(model(x), y)
         loss.backward()
         for n, m in masks.items():
             params[n].grad.mul_(m)
@@ -115,20 +141,36 @@ def run(model_name: str, batch: int, steps: int, threads: int, shape=(32, 32, 3)
         with torch.no_grad():
             for n, m in masks.items():
                 params[n].mul_(m)
+        return loss
+
+    forward = model
+    if variant == "compile":
+        train_step = torch.compile(train_step)
+        forward = torch.compile(model)
+
+    def step(i):
+        idx = torch.randint(0, train_size, (batch,))
+        x = images[idx].contiguous(memory_format=memory_format)  # a no-op where it already is
+        model.train()
+        loss = train_step(x, labels[idx])
         if eval_every and (i + 1) % eval_every == 0:
             model.eval()
             with torch.no_grad():
                 for chunk in eval_images.split(500):
-                    model(chunk).argmax(-1)
+                    forward(chunk).argmax(-1)
         return loss
 
-    for i in range(3):
-        step(i)
     t0 = time.perf_counter()
-    for i in range(3, steps):
+    for i in range(WARMUP_STEPS):
+        step(i)
+    warmup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(WARMUP_STEPS, steps):
         step(i)
     timed = time.perf_counter() - t0
-    return {"steps_per_s": (steps - 3) / timed, "seconds": time.perf_counter() - start,
+    steady = timed / (steps - WARMUP_STEPS)
+    return {"steps_per_s": 1 / steady, "seconds": time.perf_counter() - start,
+            "compile_s": max(warmup - WARMUP_STEPS * steady, 0.0), "variant": variant,
             "threads": threads, "torch": torch.__version__}
 
 
@@ -141,10 +183,12 @@ def main():
     parser.add_argument("--shape", default="32,32,3")
     parser.add_argument("--eval_examples", type=int, default=0)
     parser.add_argument("--eval_every", type=int, default=0)
+    parser.add_argument("--variant", default="eager", choices=VARIANTS)
     args = parser.parse_args()
     shape = tuple(int(s) for s in args.shape.split(","))
     result = run(args.model, args.batch, args.steps, args.threads, shape,
-                 eval_examples=args.eval_examples, eval_every=args.eval_every)
+                 eval_examples=args.eval_examples, eval_every=args.eval_every,
+                 variant=args.variant)
     print("RESULT " + json.dumps(result), flush=True)
 
 

@@ -14,7 +14,7 @@ single-threaded XLA:CPU device inside ``lax.scan``:
 Each scans 8 different inputs; median of 3 calls. ms per layer and, in brackets, the direct
 convolution's FLOPs over that time (an "effective" rate: Winograd does 2.25x fewer multiplies).
 The rules of ``lth_jax.models.convolution`` (``_WINOGRAD_MIN_CHANNELS``, ``_WINOGRAD_ROWS``) came
-from this (BUILD_NOTES.md).
+from this (docs/performance.md).
 """
 
 import os

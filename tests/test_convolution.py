@@ -233,6 +233,112 @@ def test_kernel_gradient_in_chunks_of_two_equals_nn_conv(case, monkeypatch):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+# ResNet-20's layers at their sizes (input HWC, features, kernel, strides; SAME for 3x3, VALID for
+# 1x1): its 16-, 32- and 64-channel layers at stride 1 and 2 and its 1x1 shortcuts.
+RESNET20_LAYERS = {
+    "stem 3->16": ((32, 32, 3), 16, (3, 3), (1, 1)),
+    "16->16": ((32, 32, 16), 16, (3, 3), (1, 1)),
+    "16->32 stride 2": ((32, 32, 16), 32, (3, 3), (2, 2)),
+    "16->32 1x1 shortcut": ((32, 32, 16), 32, (1, 1), (2, 2)),
+    "32->32": ((16, 16, 32), 32, (3, 3), (1, 1)),
+    "32->64 stride 2": ((16, 16, 32), 64, (3, 3), (2, 2)),
+    "32->64 1x1 shortcut": ((16, 16, 32), 64, (1, 1), (2, 2)),
+    "64->64": ((8, 8, 64), 64, (3, 3), (1, 1)),
+}
+
+
+def _resnet20_layer(layer):
+    shape, features, kernel, strides = RESNET20_LAYERS[layer]
+    x = jax.random.normal(jax.random.key(1), (2, *shape), jnp.float32)
+    w = jax.random.normal(jax.random.key(2), (*kernel, shape[-1], features), jnp.float32)
+    w = w / np.sqrt(kernel[0] * kernel[1] * shape[-1])
+    conv = lambda fn: lambda x, w: fn(x, w, strides, "SAME" if kernel == (3, 3) else "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return x, w, conv
+
+
+@pytest.mark.parametrize("layer", list(RESNET20_LAYERS))
+def test_resnet20_layers_values_and_gradients_equal_xla(layer, monkeypatch):
+    # model.conv="auto" on a CPU (winograd) with the formulations of AVX-512 CPUs whatever this
+    # CPU is: the first layer's column pairs, the narrow layers' patches kernel gradient, the
+    # 16-channel downsampling layers' phases, Winograd on the 64-channel layer, chunks of the batch.
+    monkeypatch.setattr(convolution, "_forward_convolution_is_fast", lambda: True)
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    x, w, conv = _resnet20_layer(layer)
+    ours, stock = conv(convolution.winograd_conv_general_dilated), conv(lax.conv_general_dilated)
+    target = jax.random.normal(jax.random.key(3), stock(x, w).shape)
+    loss = lambda f: lambda x, w: jnp.sum(jnp.tanh(f(x, w)) * target)
+    # differentiated, so the forward pass is the training step's (Winograd's where it applies)
+    got_y = jax.jit(lambda x, w: jax.vjp(ours, x, w)[0])(x, w)
+    np.testing.assert_allclose(got_y, stock(x, w), rtol=0,
+                               atol=1e-5 * float(jnp.max(jnp.abs(got_y))))
+    want = jax.jit(jax.grad(loss(stock), (0, 1)))(x, w)
+    got = jax.jit(jax.grad(loss(ours), (0, 1)))(x, w)
+    for g, w_ in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w_, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(w_))))
+
+
+@pytest.mark.parametrize("layer, phases", [("16->32 stride 2", True), ("16->32 1x1 shortcut", True),
+                                           ("32->64 stride 2", False),
+                                           ("32->64 1x1 shortcut", False)])
+def test_narrow_strided_layers_take_the_input_gradient_by_phases(layer, phases, monkeypatch):
+    # The regression this guards: XLA:CPU runs the input-dilated convolution of a strided layer
+    # onto 16 channels in Eigen (ResNet-20's 32x32x16 -> 16x16x32 layer, ~2x slower); by phases
+    # the input gradient has no dilation. Wider inputs keep the input-dilated convolution.
+    monkeypatch.setattr(convolution, "_forward_convolution_is_fast", lambda: True)
+    x, w, conv = _resnet20_layer(layer)
+    f = conv(convolution.canonical_conv_general_dilated)
+    hlo = jax.jit(jax.grad(lambda x: jnp.sum(f(x, w) ** 2))).lower(x).compile().as_text()
+    assert ("lhs_dilate" not in hlo) == phases
+
+
+@pytest.mark.parametrize("x_shape, w_shape, strides, pads", [
+    ((2, 32, 32, 16), (3, 3, 16, 32), (2, 2), ((0, 1), (0, 1))),   # ResNet-20's SAME at stride 2
+    ((2, 9, 7, 3), (3, 3, 3, 5), (2, 2), ((1, 1), (0, 1))),        # odd sizes
+    ((2, 9, 7, 3), (3, 3, 3, 5), (2, 3), ((1, 2), (0, 1))),        # different strides per axis
+    ((2, 10, 11, 4), (5, 4, 4, 6), (3, 2), ((2, 1), (1, 3))),      # kernels wider than 2 strides
+    ((1, 8, 8, 2), (2, 2, 2, 3), (2, 2), ((0, 0), (0, 0))),        # kernel = stride
+    ((1, 7, 7, 2), (3, 3, 2, 3), (3, 3), ((0, 0), (2, 2))),        # pad past the last window
+    ((1, 6, 6, 2), (1, 1, 2, 2), (3, 3), ((1, 1), (0, 0))),        # 1x1: phases without taps
+    ((2, 5, 5, 2), (3, 3, 2, 2), (2, 2), ((3, 0), (0, 3))),        # pad past the kernel
+    ((2, 8, 9, 2), (3, 3, 2, 3), (2, 2), ((-1, 1), (1, -2))),      # negative padding
+])
+def test_strided_input_gradient_by_phases_equals_lax(x_shape, w_shape, strides, pads):
+    x = jax.random.normal(jax.random.key(1), x_shape)
+    w = jax.random.normal(jax.random.key(2), w_shape)
+    y, vjp = jax.vjp(lambda x: lax.conv_general_dilated(
+        x, w, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC")), x)
+    dy = jax.random.normal(jax.random.key(3), y.shape)
+    got = jax.jit(convolution._strided_input_gradient, static_argnums=(2, 3, 4, 5))(
+        dy, w, strides, pads, x_shape[1:3], None)
+    np.testing.assert_allclose(got, vjp(dy)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("w_shape, pairs", [
+    ((3, 3, 3, 16), True),     # a first layer on images (ResNet-20's)
+    ((3, 3, 16, 16), False),   # narrow, not widening: paired it made ResNet-20's step slower
+    ((3, 3, 16, 32), False),   # 32 output channels: YNNPACK's already
+    ((1, 1, 3, 16), False),    # 1x1: paired it would do twice the multiplies
+])
+def test_column_pairs_only_for_narrow_first_layers(w_shape, pairs, monkeypatch):
+    monkeypatch.setattr(convolution, "_forward_convolution_is_fast", lambda: True)
+    calls = []
+    paired = convolution._paired
+    monkeypatch.setattr(convolution, "_paired", lambda *a: calls.append(a) or paired(*a))
+    x = jax.random.normal(jax.random.key(1), (2, 9, 7, w_shape[2]))   # odd width: a half pair
+    w = jax.random.normal(jax.random.key(2), w_shape)
+    got = jax.jit(lambda x, w: convolution.canonical_conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))(x, w)
+    assert bool(calls) == pairs
+    np.testing.assert_allclose(got, lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")), rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(convolution, "_forward_convolution_is_fast", lambda: False)
+    calls.clear()
+    jax.jit(lambda x, w: convolution.canonical_conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))).lower(x, w)
+    assert not calls  # measured on AVX-512 CPUs only: XLA's own convolution elsewhere
+
+
 def test_avx512_is_read_from_the_cpu_flags():
     flags = "processor\t: 0\nflags\t\t: fpu sse avx2 {}fma\nbugs\t\t: avx512_bug\n"
     assert convolution._has_avx512(flags.format("avx512f avx512dq "))

@@ -10,12 +10,14 @@ from __future__ import annotations
 import functools
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from lth_jax import models
+from lth_jax.models import batch_norm
 
 KEY = jax.random.key(0)
 ALL = ("lenet300_100", "conv2", "conv4", "conv6", "vgg19", "resnet20")
@@ -102,7 +104,7 @@ def test_unknown_option_is_named():
         ("lenet300_100", 266_200, 0),
         ("conv2", 4_300_992, 38_592),
         ("conv4", 2_425_024, 259_776),
-        # The paper prints 1.7M for Conv-6; its stated architecture has 2,261,184 (see BUILD_NOTES).
+        # The paper prints 1.7M for Conv-6; its stated architecture has 2,261,184 (docs/design.md).
         ("conv6", 2_261_184, 1_144_512),
     ],
 )
@@ -319,6 +321,91 @@ def test_batch_norm_statistics_update_only_in_training():
     np.testing.assert_allclose(evaluate(variables, x2)[0][0], eval_out[0], rtol=1e-5, atol=1e-5)
     # ...training normalises with batch statistics, so there they do.
     assert not np.allclose(train(variables, x2)[0][0], train_out[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# Batch norm fused with the ReLU and residual sum (lth_jax.models.batch_norm)
+
+
+class BatchNorm(nn.BatchNorm):
+    """``nn.BatchNorm`` then ``+ residual`` and the ReLU, as the networks wrote it before the fused
+    module: the reference (named ``BatchNorm`` for the same auto names, parameter and statistics
+    paths)."""
+
+    def __call__(self, y, residual=None, *, relu=False):
+        out = super().__call__(y)
+        if residual is not None:
+            out = out + residual
+        return nn.relu(out) if relu else out
+
+
+@pytest.mark.parametrize("residual, relu", [(False, False), (False, True), (True, True)])
+@pytest.mark.parametrize("shape", [(4, 6, 5, 3), (2, 32, 32, 16)])
+def test_fused_batch_norm_equals_flax_values_statistics_and_gradients(shape, residual, relu):
+    y = 0.5 + 2.0 * jax.random.normal(jax.random.key(1), shape)  # mean and spread of their own
+    res = jax.random.normal(jax.random.key(2), shape) if residual else None
+    target = jax.random.normal(jax.random.key(3), shape)
+    kw = dict(use_running_average=False, momentum=0.9, epsilon=1e-5)
+    ours, flax = batch_norm.BatchNorm(**kw), BatchNorm(**kw)
+    variables = flax.init(KEY, y)
+    assert jax.tree.structure(ours.init(KEY, y)) == jax.tree.structure(variables)
+    c = shape[-1]
+    variables = {"params": {"scale": jnp.linspace(0.5, 1.5, c), "bias": jnp.linspace(-0.3, 0.2, c)},
+                 "batch_stats": {"mean": jnp.linspace(0, 1, c), "var": jnp.linspace(1, 2, c)}}
+
+    def run(module, train):
+        def f(params, y, res):
+            out, updates = module.clone(use_running_average=not train).apply(
+                {**variables, "params": params}, y, res, relu=relu, mutable=["batch_stats"])
+            return jnp.sum(jnp.tanh(out) * target), (out, updates)
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))
+
+    for train in (True, False):
+        (_, (want, want_stats)), want_grads = run(flax, train)(variables["params"], y, res)
+        (_, (got, got_stats)), got_grads = run(ours, train)(variables["params"], y, res)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        for a, b in zip(jax.tree.leaves(got_stats), jax.tree.leaves(want_stats), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+        for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+            scale = float(jnp.max(jnp.abs(b)))
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
+        if not train:  # evaluation leaves the running statistics alone
+            for a, b in zip(jax.tree.leaves(got_stats), jax.tree.leaves(variables["batch_stats"])):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_fused_batch_norm_does_not_update_statistics_during_init():
+    variables = batch_norm.BatchNorm(use_running_average=False).init(
+        KEY, 3.0 + jax.random.normal(KEY, (4, 3, 3, 2)))
+    np.testing.assert_array_equal(variables["batch_stats"]["mean"], np.zeros(2))
+    np.testing.assert_array_equal(variables["batch_stats"]["var"], np.ones(2))
+
+
+@pytest.mark.parametrize("name, build", [
+    ("resnet", lambda: models.ResNet(widths=(4, 8), blocks_per_stage=2)),
+    ("vgg", lambda: models.VGG(stages=((4, 2), (8, 1)))),
+])
+def test_networks_with_fused_batch_norm_equal_them_with_flax_batch_norm(name, build, monkeypatch):
+    # The same network with Flax's batch norm, ReLU and residual sum written apart (the modules
+    # the networks used before the fused one): the same logits, statistics and gradients.
+    from lth_jax.models import resnet, vgg
+
+    x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+    model = build()
+    variables = models.init(model, KEY, (8, 8, 3))
+
+    def loss(params):
+        out, updates = model.apply({**variables, "params": params}, x, train=True,
+                                   mutable=["batch_stats"])
+        return jnp.sum(jnp.tanh(out)), (out, updates)
+
+    got = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+    monkeypatch.setattr(resnet, "BatchNorm", BatchNorm)
+    monkeypatch.setattr(vgg, "BatchNorm", BatchNorm)
+    want = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        scale = float(jnp.max(jnp.abs(b))) or 1.0
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
 
 
 # --------------------------------------------------------------------------------------------------

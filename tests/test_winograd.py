@@ -145,10 +145,12 @@ def test_winograd_computes_the_wide_stride_1_3x3_layers(x_shape, w_shape, stride
 def test_winograd_chunks_hold_enough_tile_rows(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     same = ((1, 1), (1, 1))
-    # the smallest divisor of the batch with at least _WINOGRAD_ROWS (512) tile rows
-    assert convolution._winograd_chunk((60, 32, 32, 64), same) == 2      # 256 tiles an example
-    assert convolution._winograd_chunk((60, 16, 16, 128), same) == 10    # 64: 8 -> 10
-    assert convolution._winograd_chunk((60, 8, 8, 256), same) == 60      # 16: 32 -> the batch
+    # the smallest divisor of the batch with at least _WINOGRAD_ROWS (256) tile rows
+    assert convolution._WINOGRAD_ROWS == 256
+    assert convolution._winograd_chunk((60, 32, 32, 64), same) == 1      # 256 tiles an example
+    assert convolution._winograd_chunk((60, 16, 16, 128), same) == 4     # 64
+    assert convolution._winograd_chunk((60, 8, 8, 256), same) == 20      # 16: 16 -> 20
+    assert convolution._winograd_chunk((128, 8, 8, 64), same) == 16      # ResNet-20's last stage
     assert convolution._winograd_chunk((7, 2, 2, 512), same) == 7
     with convolution.convolutions_in_one_piece():
         assert convolution._winograd_chunk((60, 32, 32, 64), same) == 60

@@ -16,7 +16,10 @@ gradient and kernel gradient of the stride-1 3x3 layers at least 64 channels wid
 up to float32 rounding; evaluation keeps the direct convolution); "auto"
 picks "winograd" on CPUs and XLA's own convolution on GPUs/TPUs. The choice changes no parameter name or shape. Their 2x2
 max-pools are :func:`max_pool` (:mod:`lth_jax.models.pooling`): ``nn.max_pool``'s values with a
-gradient that avoids XLA:CPU's slow ``select_and_scatter``.
+gradient that avoids XLA:CPU's slow ``select_and_scatter``. VGG-19's and ResNet-20's batch norm is
+:class:`lth_jax.models.batch_norm.BatchNorm`: Flax's ``nn.BatchNorm`` (the same parameters,
+statistics and values) fused with the ReLU and residual sum after it, with a closed-form
+backward pass.
 
 Parameter paths are the ``'/'``-joined keys inside ``params``, e.g. ``"Dense_2/kernel"`` or
 ``"BasicBlock_3/shortcut_conv/kernel"``. A :class:`ModelSpec` carries the paper's per-round pruning

@@ -27,21 +27,33 @@ HWIO kernel's ``(k_h, k_w, C)``):
   the matmuls' rate), and everywhere as the sum where the input is smaller than the kernel;
 * kernel gradient: ``dw[t] = (dyᵀ · W_t(pad(x, (p_lo, k+(H_out-1)·s-H-p_lo)), s))ᵀ`` over all
   batch and output positions, with ``dy`` transposed once for all taps, computed a few examples
-  at a time (a ``lax.scan`` over chunks of the batch, each chunk's operands about half of a 1 MiB
-  L2 cache; the whole batch at once off CPUs); where the windows together hold fewer channels than
-  ``dy`` (a first layer's 9 × 3 against 64) each window is transposed instead, over the whole batch.
+  at a time (a ``lax.fori_loop`` over chunks of the batch, each chunk's operands about half of a
+  1 MiB L2 cache; the whole batch at once off CPUs); where the windows together hold fewer
+  channels than ``dy`` (a first layer's 9 × 3 against 64) each window is transposed instead, over
+  the whole batch; in layers of at most ``_PATCHES_MAX_CHANNELS`` (32) channels, one matmul
+  ``dyᵀ · P(x)`` a chunk instead of one a tap.
+
+Three more formulations for ResNet-20's narrow layers, which XLA:CPU would otherwise leave to its
+slower Eigen code (its fast YNNPACK convolutions refuse layers of at most 16 channels), each
+measured on whole steps (docs/performance.md): a strided layer onto at most 16 channels takes its
+input gradient by phases (:func:`_strided_input_gradient`: one forward convolution of ``dy``
+with ``s_h·s_w·C_in`` outputs, depth to space, no dilation zeros); a narrow first layer (3 -> 16)
+computes its forward pass on pairs of columns (:func:`_paired`); and batch norm, ReLU and the
+residual sum around the convolutions are one module with its own VJP
+(:mod:`lth_jax.models.batch_norm`).
 
 Why not a convolution for the kernel gradient too: written as one (batch and channel roles
 swapped, a 32×32 "kernel" for Conv-2) it ran at ~3 GFLOP/s on this project's first CPU, the
-patches product at ~40, and on an AVX-512 CPU at 35 against ~60 for the windows (BUILD_NOTES.md).
-Windows rather than the concatenated patches: no tensor ``k_h·k_w`` times an activation's size is
-written (Conv-2's steps 13% and ResNet-20's 21% shorter than with patches, BUILD_NOTES.md). Both
+patches product at ~40, and on an AVX-512 CPU at 35 against ~60 for the windows
+(docs/performance.md). Windows rather than the concatenated patches in wide layers: no tensor
+``k_h·k_w`` times an activation's size is written (Conv-2's steps 13% shorter than with patches
+over the whole batch; docs/performance.md). Both
 gradients equal ``jax.grad`` of ``lax.conv_general_dilated`` up to float32 reassociation (tested,
 either way of computing the input gradient). A strided layer's input gradient as windows pays
 for the zeros of the dilated ``dy`` (``s²`` times its FLOPs); as a convolution XLA folds the
 dilation into it (an input-dilated convolution, which XLA:CPU runs in Eigen rather than YNNPACK:
-ResNet-20's downsampling layers still ~4x faster than the windows). Only ResNet-20's two
-downsampling blocks (and their 1×1 shortcuts) have strides.
+ResNet-20's downsampling layers still ~4x faster than the windows), or, onto narrow inputs, by
+phases (above). Only ResNet-20's two downsampling blocks (and their 1×1 shortcuts) have strides.
 
 With ``use_winograd`` (:func:`winograd_conv_general_dilated`, ``conv="winograd"``), the stride-1
 3x3 layers at least ``_WINOGRAD_MIN_CHANNELS`` (64) channels wide compute all three products of a
@@ -54,7 +66,7 @@ input gradient ``winograd.conv3x3(dy, flip(w)ᵀ)`` (the same correlation as abo
 Conv-2's 32x32x64 layer (one core, in a scan) that is 45.6 -> 30.0 ms for the forward pass and
 for the input gradient, 61.6 -> 47.1 for the kernel gradient; Conv-2/4/6 and VGG-19 train
 1.3-1.5x faster (experiments/winograd_layers.py,
-experiments/benchmark.py, BUILD_NOTES.md). The values differ from the direct ones by float32
+experiments/benchmark.py, docs/performance.md). The values differ from the direct ones by float32
 rounding only (tested against ``nn.Conv``).
 
 The implementation is chosen per model with ``conv = "auto" | "xla" | "canonical_vjp" |
@@ -89,8 +101,8 @@ def resolve(conv: str, platform: str | None = None) -> str:
     ``"auto"`` is ``"winograd"`` on ``"cpu"`` and ``"xla"`` elsewhere: measured on XLA:CPU the
     canonical VJP is ~85× faster inside a scan than XLA's gradient convolutions, and Winograd's
     F(2x2, 3x3) on the wide stride-1 layers makes Conv-2's step ~1.3x shorter again
-    (BUILD_NOTES.md); on GPU/TPU XLA's own convolutions go to cuDNN / the TPU's convolution units
-    in any layout (cuDNN picks Winograd itself where it pays), and a custom VJP could only hide
+    (docs/performance.md); on GPU/TPU XLA's own convolutions go to cuDNN / the TPU's convolution
+    units in any layout (cuDNN picks Winograd itself where it pays), and a custom VJP could only hide
     the pattern from XLA's fusions. Raises ``ValueError`` for an unknown name.
     """
     if conv not in IMPLEMENTATIONS:
@@ -164,15 +176,18 @@ def winograd_conv_general_dilated(*args: Any, **kwargs: Any) -> jax.Array:
 #: narrower ones do too little arithmetic per transformed value (ResNet-20's 16- and 32-channel
 #: layers, forward pass and kernel gradient, direct -> Winograd: 12.7 -> 12.8 and 13.1 -> 17.4 ms,
 #: 5.9 -> 7.3 and 9.3 -> 9.3, in a scan, one core; 64 channels and wider: 1.3-1.8x faster
-#: forward, 1.2-1.6x kernel gradient, experiments/winograd_layers.py, BUILD_NOTES.md).
+#: forward, 1.2-1.6x kernel gradient, experiments/winograd_layers.py, docs/performance.md).
 _WINOGRAD_MIN_CHANNELS = 64
 #: Tile rows (examples × tiles per example) per chunk of a Winograd product: the smallest chunk
 #: of the batch with at least this many. Fewer rows read the chunk's transformed kernel
-#: (16·C_in·C_out values) for too little work, many more leave the core's cache. On the paper's
-#: layers (experiments/winograd_layers.py) this ran within 6% of the best chunk size but for one
-#: case (8x8x256's forward pass: 26-27 ms, 21 at one example a chunk); the whole batch at once
-#: was up to 1.7x slower (32x32x64), one example at a time up to 3.7x (4x4x512).
-_WINOGRAD_ROWS = 512
+#: (16·C_in·C_out values) for too little work, many more leave the core's cache. On an AMD Zen 4
+#: (1 MiB L2) 512 ran within 6% of the best chunk on the paper's layers
+#: (experiments/winograd_layers.py); on the Intel Xeon of docs/performance.md whole steps ran
+#: faster with 256 (one core: Conv-2 192 -> 182 ms, Conv-6 459 -> 426, ResNet-20 546 -> 534,
+#: VGG-19 1,260 -> 1,257); 128 was better still for the narrow networks but 4% slower for VGG-19.
+#: The whole batch at once was up to 1.7x slower (32x32x64), one example at a time up to 3.7x
+#: (4x4x512), on the AMD CPU.
+_WINOGRAD_ROWS = 256
 
 
 def _winograd_applies(x_shape, w_shape, strides, pads) -> bool:
@@ -205,8 +220,7 @@ def _forward(x, w, strides, pads, precision, use_winograd):
     if use_winograd and _winograd_applies(x.shape, w.shape, strides, pads):
         return _winograd(x, w, pads, precision)
     if all(n >= k for n, k in zip(spatial_in, kernel)):
-        return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC,
-                                        precision=precision)
+        return _direct(x, w, strides, pads, precision)
     # An input smaller than the kernel (VGG-19's last stage: 2x2 maps, 3x3 kernels) sends XLA:CPU's
     # convolution down a path ~100x slower than a matmul (765 ms against 6 for a 64 x 2x2x512 -> 512
     # layer, experiments/conv_forward.py); there the patches are tiny, so the forward pass is their
@@ -217,6 +231,77 @@ def _forward(x, w, strides, pads, precision, use_winograd):
     return jnp.matmul(patches, w.reshape(-1, w.shape[-1]), precision=precision)
 
 
+#: Layers whose channels are all at most this many are "narrow": XLA:CPU leaves their canonical
+#: convolutions to Eigen (YNNPACK refuses them): ResNet-20's 32x32x16 layer (batch 128, one core)
+#: 11.8 ms against 4.8 for its 16x16x32 one, which has as many multiplies.
+_NARROW_CHANNELS = 16
+
+
+def _pairs(w_shape, strides) -> bool:
+    """Whether a layer's canonical convolution is computed by :func:`_paired`: stride 1, narrow
+    (:data:`_NARROW_CHANNELS`) and widening (fewer input than output channels: a first layer on
+    images), a kernel at least 3 wide (narrower ones would do at least twice the multiplies), on
+    a CPU whose YNNPACK convolution is fast (AVX-512, see :func:`_forward_convolution_is_fast`;
+    measured only there). Not ResNet-20's 16 -> 16 layers: alone 1.1x faster paired, their step
+    was slower (the pad of their input, a sweep of its own; docs/performance.md)."""
+    return (tuple(strides) == (1, 1) and max(w_shape[2], w_shape[3]) <= _NARROW_CHANNELS
+            and w_shape[2] < w_shape[3] and w_shape[1] >= 3
+            and jax.default_backend() == "cpu" and _forward_convolution_is_fast())
+
+
+def _direct(x, w, strides, pads, precision) -> jax.Array:
+    """The canonical forward convolution (NHWC, HWIO): XLA's own, or :func:`_paired` where
+    :func:`_pairs`."""
+    if _pairs(w.shape, strides):
+        return _paired(x, w, pads, precision)
+    return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC,
+                                    precision=precision)
+
+
+def _paired_kernel(w: jax.Array) -> jax.Array:
+    """The kernel of :func:`_paired`: ``(k_h, b, 2·C_in, 2·C_out)`` with ``b = ceil((k_w + 1) /
+    2)``, ``K[i, c, (p, ci), (q, co)] = w[i, 2c + p - q, ci, co]`` (zero outside the kernel)."""
+    k_h, k_w, c_in, c_out = w.shape
+    columns = -(-(k_w + 1) // 2)
+    padded = jnp.pad(w, ((0, 0), (1, 2 * columns - k_w), (0, 0), (0, 0)))  # w[:, j] at j + 1
+    taps = [[[padded[:, 2 * c + p - q + 1] for q in range(2)] for p in range(2)]
+            for c in range(columns)]                      # [c][p][q]: (k_h, C_in, C_out)
+    k = jnp.stack([jnp.stack([jnp.stack(by_q, axis=2) for by_q in by_p], axis=1)
+                   for by_p in taps], axis=1)             # (k_h, b, 2 p, C_in, 2 q, C_out)
+    return k.reshape(k_h, columns, 2 * c_in, 2 * c_out)
+
+
+def _paired(x: jax.Array, w: jax.Array, pads, precision) -> jax.Array:
+    """A stride-1 convolution with pairs of adjacent columns as one pixel of twice the channels.
+
+    ``x`` padded along W is reshaped (for free, NHWC) to ``(N, H, W'/2, 2·C_in)``; output columns
+    ``2c`` and ``2c + 1`` read input columns ``2c .. 2c + k_w`` (padded), i.e. the pairs ``c .. c +
+    b - 1``: a VALID convolution along W with the ``b``-wide kernel of :func:`_paired_kernel` and
+    ``2·C_out`` output channels, reshaped back (for free). A 3x3 layer does 4/3 of the direct
+    multiplies, with twice the channels, which XLA:CPU runs in YNNPACK where it runs a layer
+    with at most 16 channels in Eigen: ResNet-20's first layer (3 -> 16 channels, batch 128, one
+    core, in a scan) 8.0 -> 2.6 ms (docs/performance.md). Where the input is padded (H by the
+    convolution, W by a pad of its own), negative padding crops first."""
+    n, height, width, c_in = x.shape
+    k_h, k_w, _, c_out = w.shape
+    (lo_h, hi_h), (lo_w, hi_w) = pads
+    out_w = width + lo_w + hi_w - k_w + 1
+    kernel = _paired_kernel(w)
+    columns = kernel.shape[1]
+    pairs = -(-out_w // 2)
+    padded_w = 2 * (pairs + columns - 1)
+    # H's padding goes to the convolution, but a crop (negative padding): XLA:CPU's YNNPACK
+    # convolution returns wrong values for negative padding.
+    crop_h = (min(lo_h, 0), min(hi_h, 0))
+    x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (*crop_h, 0),
+                                            (lo_w, padded_w - width - lo_w, 0), (0, 0, 0)])
+    y = lax.conv_general_dilated(x.reshape(n, x.shape[1], padded_w // 2, 2 * c_in),
+                                 kernel.astype(x.dtype), (1, 1),
+                                 ((max(lo_h, 0), max(hi_h, 0)), (0, 0)),
+                                 dimension_numbers=_NHWC, precision=precision)
+    return y.reshape(n, y.shape[1], 2 * pairs, c_out)[:, :, :out_w]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _conv(x, w, strides, pads, precision, use_winograd):
     # Not differentiated (evaluation, inference): the direct forward pass even with
@@ -224,7 +309,7 @@ def _conv(x, w, strides, pads, precision, use_winograd):
     # layers after it, while Winograd's chunk loop writes its output to a buffer of its own; with
     # the CLI's evaluation batches (2,500 examples) and two devices sharing memory bandwidth,
     # Conv-2's evaluations took 41 s with Winograd against 26 s direct in a 2 x 300-iteration run
-    # (BUILD_NOTES.md). Winograd's values differ from these by float32 rounding only.
+    # (docs/performance.md). Winograd's values differ from these by float32 rounding only.
     del use_winograd
     return _forward(x, w, strides, pads, precision, False)
 
@@ -291,7 +376,7 @@ def _input_patches(x: jax.Array, kernel, strides, pads, out) -> jax.Array:
 #: Bytes of one chunk of the kernel gradient's operands (examples × output positions × the wider
 #: channel count; a strided layer's padded input chunk is larger): half of a 1 MiB L2 cache, AMD
 #: Zen 4's. On Conv-2/4/6's, VGG-19's and ResNet-20's layers (experiments/conv_gradients.py,
-#: BUILD_NOTES.md) chunks of this size ran fastest or within 2.2% of it; the whole batch in one
+#: docs/performance.md) chunks of this size ran fastest or within 2.2% of it; the whole batch in one
 #: contraction was up to 1.8x slower on large maps (ResNet-20's 32x32x16: 22.6 ms against 12.8),
 #: one example at a time up to 6.4x on small ones (2x2x512: 75.2 against 11.7).
 _CHUNK_BYTES = 512 * 1024
@@ -347,6 +432,15 @@ def _conv_bwd(strides, pads, precision, use_winograd, residuals, dy):
         # padded by `edges`, with the flipped kernel): Winograd's as the forward pass's, which
         # pads dy itself and transforms w unflipped.
         dx = _winograd(dy, w, edges, precision, flipped=True)
+    elif (_forward_convolution_is_fast() and any(s > 1 for s in strides)
+          and c_in <= _PHASES_MAX_CHANNELS
+          and all(o >= -(-k // s) for o, k, s in zip(spatial_out, kernel, strides))):
+        # A strided layer onto a narrow input: the phases of dx, one forward convolution of dy
+        # with s_h·s_w·C_in output channels, which XLA:CPU runs in YNNPACK, where the
+        # input-dilated convolution below has C_in output channels, which it runs in Eigen.
+        # Not where dy is smaller than the phases' kernel: XLA folds the pad into that
+        # convolution, whose input is then smaller than its kernel (XLA:CPU's slow path).
+        dx = _strided_input_gradient(dy, w, strides, pads, spatial_in, precision)
     elif _forward_convolution_is_fast() and all(n >= k for n, k in zip(spatial_in, kernel)):
         # That correlation is a forward convolution, which XLA:CPU runs in YNNPACK at ~100
         # GFLOP/s a core on AVX-512 CPUs, inside loops too: Conv-2's 32x32x64 layer 47 ms against
@@ -354,13 +448,16 @@ def _conv_bwd(strides, pads, precision, use_winograd, residuals, dy):
         # smaller than the kernel: XLA folds the pad into the convolution, whose input is then
         # smaller than its kernel, which YNNPACK refuses: VGG-19's 2x2x512 maps ~1 s against 18 ms
         # (experiments/conv_gradients.py).
-        dx = lax.conv_general_dilated(dy_padded, w_flipped, (1, 1), "VALID",
-                                      dimension_numbers=_NHWC, precision=precision)
+        if _pairs(w_flipped.shape, strides):
+            dx = _paired(dy, w_flipped, edges, precision)
+        else:
+            dx = lax.conv_general_dilated(dy_padded, w_flipped, (1, 1), "VALID",
+                                          dimension_numbers=_NHWC, precision=precision)
     else:
         # Sums over the k_h·k_w kernel taps of matmuls of one strided window each: on the AVX2
         # CPU measured (2026-12-01) XLA's convolution ran at 23 GFLOP/s a core, the matmuls at 41.
         # Windows, not one concatenated patch matrix: nothing k_h·k_w times an activation's size
-        # is written (ResNet-20's 16 channels: 2x faster, BUILD_NOTES.md).
+        # is written (ResNet-20's 16 channels: 2x faster, docs/performance.md).
         products = [jnp.matmul(window, w_tap, precision=precision)
                     for window, w_tap in zip(_windows(dy_padded, kernel, (1, 1), spatial_in),
                                              w_flipped.reshape(-1, c_out, c_in))]
@@ -372,6 +469,68 @@ def _conv_bwd(strides, pads, precision, use_winograd, residuals, dy):
     else:
         dw = _kernel_gradient(x, dy, kernel, strides, pads, precision)
     return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
+
+
+#: The strided layers whose input gradient is computed by phases
+#: (:func:`_strided_input_gradient`): those whose input has at most this many channels.
+#: XLA:CPU's input-dilated convolution (the other way) writes C_in output channels, and at 16 or
+#: fewer it runs in Eigen rather than YNNPACK: ResNet-20's 32x32x16 -> 16x16x32 layer's input
+#: gradient 7.9 ms that way against 4.6 by phases; its 16x16x32 -> 8x8x64 layer's 3.5 against
+#: 4.3 (one core, in a scan, batch 128; docs/performance.md).
+_PHASES_MAX_CHANNELS = 16
+
+
+def _strided_input_gradient(dy: jax.Array, w: jax.Array, strides, pads, spatial_in,
+                            precision) -> jax.Array:
+    """The input gradient of a strided layer (``strides`` > 1 on some axis) without the zeros of
+    the dilated ``dy``: its ``s_h·s_w`` phases (the input positions ``q`` with the same
+    ``(q + p_lo) mod s`` per axis) are each a stride-1 correlation of ``dy`` with the kernel taps
+    of that phase, and all of them together one canonical forward convolution of ``dy`` (padded)
+    with a ``T_h x T_w`` kernel (``T = ceil(k / s)``) and ``s_h·s_w·C_in`` output channels, whose
+    channels are then interleaved into the spatial axes (depth to space).
+
+    Per axis, with ``Q = q + p_lo = s·m + r`` (``0 <= r < s``): ``dx[q] = Σ_t dy[m - t] ·
+    w[r + s·t]ᵀ`` over ``t < T`` (taps past the kernel are zero), a correlation over ``m`` of ``dy``
+    padded by ``T - 1`` with the kernel ``Wb[u, r] = w[r + s·(T - 1 - u)]``. Phases ``r >= k``
+    (a 1x1 shortcut at stride 2) have no taps: they are not computed, only zero-filled.
+    ``(N, H, W, C_in)``, ``spatial_in = (H, W)``."""
+    k_h, k_w, c_in, c_out = w.shape
+    kernel, spatial_out = (k_h, k_w), dy.shape[1:3]
+    taps = [-(-k // s) for k, s in zip(kernel, strides)]            # T per axis
+    phases = [min(k, s) for k, s in zip(kernel, strides)]          # phases with taps
+    first = [lo // s for (lo, _), s in zip(pads, strides)]         # first block m
+    last = [(lo + n - 1) // s for (lo, _), n, s in zip(pads, spatial_in, strides)]
+    blocks = [b - a + 1 for a, b in zip(first, last)]
+    # dy padded (or cropped) to the positions m - (T - 1) .. last that the blocks read.
+    edges = [(t - 1 - a, b - (o - 1)) for t, a, b, o in zip(taps, first, last, spatial_out)]
+    dy_padded = _dilate_and_pad(dy, (1, 1), edges)
+    # Wb[u_h, u_w, C_out, (r_h, r_w, C_in)] = w[r_h + s_h·(T_h-1-u_h), r_w + s_w·(T_w-1-u_w)]ᵀ:
+    # the tap index k = s·t + r as a (T, s) pair, t reversed.
+    w_padded = jnp.pad(w, [(0, s * t - k) for k, s, t in zip(kernel, strides, taps)]
+                       + [(0, 0), (0, 0)])
+    w_phases = w_padded.reshape(taps[0], strides[0], taps[1], strides[1], c_in, c_out)
+    w_phases = w_phases[::-1, :phases[0], ::-1, :phases[1]].transpose(0, 2, 5, 1, 3, 4)
+    w_phases = w_phases.reshape(taps[0], taps[1], c_out, phases[0] * phases[1] * c_in)
+    out = _forward(dy_padded, w_phases, (1, 1), ((0, 0), (0, 0)), precision, False)
+    batch = dy.shape[0]
+    out = out.reshape(batch, blocks[0], blocks[1], phases[0], phases[1], c_in)
+    if phases != list(strides):  # phases without taps: zeros
+        out = lax.pad(out, jnp.zeros((), out.dtype), [(0, 0, 0)] * 3 + [
+            (0, s - p, 0) for p, s in zip(phases, strides)] + [(0, 0, 0)])
+    dx = out.transpose(0, 1, 3, 2, 4, 5).reshape(
+        batch, blocks[0] * strides[0], blocks[1] * strides[1], c_in)
+    # Block `first` starts at Q = s·first, i.e. at q = s·first - p_lo = -(p_lo mod s).
+    start = [lo % s for (lo, _), s in zip(pads, strides)]
+    return dx[:, start[0]:start[0] + spatial_in[0], start[1]:start[1] + spatial_in[1]]
+
+
+#: Layers whose channels are all at most this many compute their kernel gradient as one matmul
+#: with the patches (the windows side by side: ``dyᵀ · P``, ``(C_out, k_h·k_w·C_in)``) per chunk
+#: instead of one matmul per tap, whose ``(C_out, C_in)`` products are too small for the matmul's
+#: kernels: ResNet-20's 32x32x16 layers 20.0 -> 15.3 ms (batch 128, one core, in a scan), its step
+#: 6% shorter with the 16-channel layers' and 2% more with the 32-channel ones'; with the 64-channel
+#: ones' too, no shorter (docs/performance.md).
+_PATCHES_MAX_CHANNELS = 32
 
 
 def _kernel_gradient(x, dy, kernel, strides, pads, precision) -> jax.Array:
@@ -402,31 +561,44 @@ def _kernel_gradient(x, dy, kernel, strides, pads, precision) -> jax.Array:
 
     accumulator = jnp.promote_types(x.dtype, jnp.float32)
 
+    taps = kernel[0] * kernel[1]
+    patches = taps > 1 and max(c_in, c_out) <= _PATCHES_MAX_CHANNELS
+
     def kernel_gradient(x_part: jax.Array, dy_part: jax.Array) -> jax.Array:
         """(k_h·k_w, C_out, C_in): the taps over the examples of ``x_part`` and ``dy_part``."""
         rows = x_part.shape[0] * spatial_out[0] * spatial_out[1]
         dy_t = lax.optimization_barrier(dy_part.reshape(rows, c_out).T)
+        windows = _windows(_padded_input(x_part, kernel, strides, pads, spatial_out), kernel,
+                           strides, spatial_out)
+        if patches:
+            product = jnp.matmul(dy_t, jnp.concatenate(windows, -1).reshape(rows, taps * c_in),
+                                 precision=precision, preferred_element_type=accumulator)
+            return jnp.swapaxes(product.reshape(c_out, taps, c_in), 0, 1)
         return jnp.stack([jnp.matmul(dy_t, window.reshape(rows, c_in), precision=precision,
                                      preferred_element_type=accumulator)
-                          for window in _windows(_padded_input(x_part, kernel, strides, pads,
-                                                               spatial_out),
-                                                 kernel, strides, spatial_out)])
+                          for window in windows])
 
-    # A few examples at a time (lax.scan over chunks of the batch): each chunk's window copies
+    # A few examples at a time (a loop over chunks of the batch): each chunk's window copies
     # and dy transpose then stay in the core's cache for the matmuls that read them. Conv-2's
     # 32x32x64 layer took 70.5 ms in the form used before, per-example products over the whole
     # batch (in its step: 9 x 5.5 ms of matmuls, 9 x 1.4-2.3 ms of window copies, 3 ms for the
     # transpose), and 61.1 ms two examples at a time; ResNet-20's 32x32x16 layer 21.5 -> 12.8 ms
     # (experiments/conv_gradients.py). Sums accumulate in at least float32 either way.
-    chunk = _examples_per_chunk(batch, spatial_out[0] * spatial_out[1] * max(c_in, c_out)
-                                * x.dtype.itemsize)
+    chunk = _examples_per_chunk(batch, spatial_out[0] * spatial_out[1] * (
+        taps * c_in if patches else max(c_in, c_out)) * x.dtype.itemsize)
     if chunk == batch:
         dw = kernel_gradient(x, dy)
     else:
-        split = lambda a: a.reshape(batch // chunk, chunk, *a.shape[1:])
-        accumulate = lambda total, part: (total + kernel_gradient(*part), None)
+        # A fori_loop slicing x and dy where they lie, not a scan over them reshaped into
+        # chunks: XLA:CPU materialised the reshaped operands, computing the element-wise work
+        # that produced x and dy (batch norm, ReLU) a second time to write them (ResNet-20's step
+        # 606 -> 578 ms on one core; docs/performance.md).
+        def accumulate(i, total):
+            part = [lax.dynamic_slice_in_dim(a, i * chunk, chunk, 0) for a in (x, dy)]
+            return total + kernel_gradient(*part)
+
         total = jnp.zeros((kernel[0] * kernel[1], c_out, c_in), accumulator)
-        dw = lax.scan(accumulate, total, (split(x), split(dy)))[0]
+        dw = lax.fori_loop(0, batch // chunk, accumulate, total)
     return jnp.transpose(dw, (0, 2, 1))
 
 

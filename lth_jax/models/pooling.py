@@ -8,7 +8,8 @@ networks here only pool with non-overlapping windows (stride = window), and such
 reshape and a ``max`` over two axes, whose gradient (a ``jax.custom_vjp``) is element-wise: each
 window's ``∂L/∂y`` goes to the first of its maxima in row-major order, chosen by k² chained
 compares and selects that XLA fuses into one loop. Forward + backward for Conv-2's pool: 1.5 ms
-against ``nn.max_pool``'s 46 in the same call (``experiments/pool_backward.py``; BUILD_NOTES.md).
+against ``nn.max_pool``'s 46 in the same call (``experiments/pool_backward.py``;
+docs/performance.md).
 
 For ``x`` of shape ``(..., H, W, C)`` and window ``k``, with ``H' = ⌊H/k⌋``, ``W' = ⌊W/k⌋``::
 

@@ -7,7 +7,9 @@ identity shortcut. Global average pool, Dense num_classes. Convolutions have no 
 Parameter paths: ``Conv_0``, ``BatchNorm_0`` (stem); ``BasicBlock_0`` .. ``BasicBlock_8``, each
 with ``Conv_0``, ``BatchNorm_0``, ``Conv_1``, ``BatchNorm_1`` and, in ``BasicBlock_3`` and
 ``BasicBlock_6``, ``shortcut_conv`` and ``shortcut_bn``; ``Dense_0`` (output). 270,896 kernel
-weights: 2,560 in the 1x1 shortcuts, 640 in the output layer.
+weights: 2,560 in the 1x1 shortcuts, 640 in the output layer. Batch norm, the ReLU and the residual
+sum after it are one :class:`lth_jax.models.batch_norm.BatchNorm` (Flax's values, a closed-form
+backward pass).
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lth_jax.models.batch_norm import BatchNorm
 from lth_jax.models.convolution import conv_function
 from lth_jax.models.lenet import BIAS_INIT, KERNEL_INIT
 from lth_jax.models.vgg import BN_EPSILON, BN_MOMENTUM
 
 
-def _batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                        name=name)
+def _batch_norm(train: bool, name: str | None = None) -> BatchNorm:
+    """Batch norm fused with the ReLU and residual sum after it (``batch_norm.BatchNorm``: Flax's
+    parameters, statistics and values, a closed-form backward pass)."""
+    return BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                     name=name)
 
 
 class BasicBlock(nn.Module):
@@ -44,17 +49,16 @@ class BasicBlock(nn.Module):
         conv = conv_function(self.conv)
         y = nn.Conv(self.features, (3, 3), strides=(self.strides, self.strides), padding="SAME",
                     use_bias=False, kernel_init=KERNEL_INIT, conv_general_dilated=conv)(x)
-        y = nn.relu(_batch_norm(train)(y))
+        y = _batch_norm(train)(y, relu=True)
         y = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False,
                     kernel_init=KERNEL_INIT, conv_general_dilated=conv)(y)
-        y = _batch_norm(train)(y)
         shortcut = x
         if self.strides != 1 or x.shape[-1] != self.features:
             shortcut = nn.Conv(self.features, (1, 1), strides=(self.strides, self.strides),
                                use_bias=False, kernel_init=KERNEL_INIT, conv_general_dilated=conv,
                                name="shortcut_conv")(x)
             shortcut = _batch_norm(train, name="shortcut_bn")(shortcut)
-        return nn.relu(y + shortcut)
+        return _batch_norm(train)(y, shortcut, relu=True)
 
 
 class ResNet(nn.Module):
@@ -75,7 +79,7 @@ class ResNet(nn.Module):
         x = jnp.asarray(x, jnp.float32)
         x = nn.Conv(self.widths[0], (3, 3), padding="SAME", use_bias=False,
                     kernel_init=KERNEL_INIT, conv_general_dilated=conv_function(self.conv))(x)
-        x = nn.relu(_batch_norm(train)(x))
+        x = _batch_norm(train)(x, relu=True)
         for stage, width in enumerate(self.widths):
             for block in range(self.blocks_per_stage):
                 # Downsample at the first block of every stage but the first.

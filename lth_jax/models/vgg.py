@@ -2,7 +2,8 @@
 
 Layout: 2x64, pool, 2x128, pool, 4x256, pool, 4x512, pool, 4x512, global average pool,
 Dense num_classes. Pools are 2x2 max-pools with stride 2. Convolutions have no bias (the batch norm
-that follows has its own shift).
+that follows has its own shift). Batch norm and the ReLU after it are one
+:class:`lth_jax.models.batch_norm.BatchNorm` (Flax's values, a closed-form backward pass).
 
 Parameter paths (Flax auto names): ``Conv_0`` .. ``Conv_15`` (``kernel`` only), ``BatchNorm_0`` ..
 ``BatchNorm_15`` (``scale``, ``bias``; running ``mean``/``var`` in collection ``'batch_stats'``),
@@ -17,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lth_jax.models.batch_norm import BatchNorm
 from lth_jax.models.convolution import conv_function
 from lth_jax.models.lenet import BIAS_INIT, KERNEL_INIT
 from lth_jax.models.pooling import max_pool
@@ -50,9 +52,8 @@ class VGG(nn.Module):
             for _ in range(depth):
                 x = nn.Conv(width, (3, 3), padding="SAME", use_bias=False,
                             kernel_init=KERNEL_INIT, conv_general_dilated=conv)(x)
-                x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                                 epsilon=BN_EPSILON)(x)
-                x = nn.relu(x)
+                x = BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                              epsilon=BN_EPSILON)(x, relu=True)
             if i < len(self.stages) - 1:
                 x = max_pool(x, 2)
         x = jnp.mean(x, axis=(1, 2))
