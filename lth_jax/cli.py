@@ -201,8 +201,8 @@ def help_text(argv: list[str]) -> str:
             lines.append(f"(could not load {branch_spec}: {type(e).__name__}: {e})")
             return "\n".join(lines)
         import textwrap
-        lines += textwrap.wrap(f"Branch {bcfg.name}: {((branch.__doc__ or '').strip().splitlines() or [''])[0]}",
-                               _WIDTH, subsequent_indent="  ")
+        summary = " ".join((branch.__doc__ or "").strip().split("\n\n")[0].split())
+        lines += textwrap.wrap(f"Branch {bcfg.name}: {summary}", _WIDTH, subsequent_indent="  ")
         lines += ["", f"Branch fields (values of {branch_spec});",
                   "override any with --branch.FIELD=VALUE:"]
         lines += field_lines(bcfg, {name: text for name, _, text in branch.FIELDS})

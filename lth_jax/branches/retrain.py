@@ -155,8 +155,8 @@ def rewind_point(ctx: base.Context, k: int) -> dict:
             return True
         return False
 
-    ctx.train("progress_rewind_point", f"θ_{k}", ctx.runner(), batch, order, start=0, until=k,
-              at=at)
+    ctx.train("progress_rewind_point", f"dense to θ_{k}", ctx.runner(), batch, order, start=0,
+              until=k, at=at, runs=[f"theta_{k}/trial_{t}" for _, t in order])
     return jax.tree.map(np.asarray, found)
 
 

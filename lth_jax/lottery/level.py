@@ -253,8 +253,8 @@ class ChunkedTrainer:
         best = (f"best val loss {np.nanmean(loss):.4f} acc {100 * np.nanmean(accuracy):.2f}%"
                 if np.isfinite(loss).any() else "no finite val loss yet")
         self.log(f"{label}  iteration {start + training.iterations:,}/{iterations:,}  {best} "
-                 f"(mean of {runs} runs)  {rate:,.0f} model-steps/s  ETA {label.split()[0]} "
-                 f"{duration(remaining / rate)}, all {duration((remaining + later_steps) / rate)}")
+                 f"(mean of {runs} runs)  {rate:,.0f} model-steps/s  ETA {duration(remaining / rate)}"
+                 f" for these runs, {duration((remaining + later_steps) / rate)} in all")
 
 
 def _inputs(batch: RunBatch, start: int, capture: int) -> str:
