@@ -43,7 +43,8 @@ Columns:
   (``experiments/torch_reference.py``), each variant in a process of its own: eager in NCHW
   ("eager"), eager in channels-last ("chan-last"), and the whole train step under
   ``torch.compile`` ("compiled", channels-last); "best" is the fastest of them, "won" names it and
-  "t-comp s" is the compiled variant's compilation (its warm-up steps beyond steady ones);
+  "t-comp s" is the compiled variant's compilation (its warm-up steps beyond steady ones, with an
+  empty Inductor cache);
   "× best": lth_jax's model-steps/s over the best. LeNet has no convolution: no channels-last row.
 """
 
@@ -203,6 +204,16 @@ def _subprocess(args, env=None, timeout=1800) -> tuple[dict | None, float, str]:
 TORCH_VARIANTS = ("eager", "channels_last", "compile")
 
 
+def _torch(args, timeout=1800) -> tuple[dict | None, float, str]:
+    """``experiments/torch_reference.py args`` in a process of its own (see :func:`_subprocess`),
+    with an empty Inductor cache: ``torch.compile`` compiles from scratch, as on a first run,
+    rather than loading what an earlier call compiled."""
+    with tempfile.TemporaryDirectory(prefix="lth_jax_inductor_") as cache:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+        return _subprocess([sys.executable, os.path.join(HERE, "torch_reference.py"), *args],
+                           env=env, timeout=timeout)
+
+
 def torch_row(model: str, batch: int, steps: int, threads: int, shape,
               variants=TORCH_VARIANTS) -> dict:
     """PyTorch's steps/s for each variant (``experiments/torch_reference.py``, a process each):
@@ -212,9 +223,8 @@ def torch_row(model: str, batch: int, steps: int, threads: int, shape,
     for variant in variants:
         if variant == "channels_last" and model == "lenet300_100":
             continue  # no convolution: the same program as eager
-        result, _, err = _subprocess([
-            sys.executable, os.path.join(HERE, "torch_reference.py"), f"--model={model}",
-            f"--batch={batch}", f"--steps={steps}", f"--threads={threads}",
+        result, _, err = _torch([
+            f"--model={model}", f"--batch={batch}", f"--steps={steps}", f"--threads={threads}",
             "--shape=" + ",".join(map(str, shape)), f"--variant={variant}"])
         if result is None:
             print(f"  (PyTorch {model} {variant}: {err})")
@@ -260,10 +270,9 @@ def end_to_end(config: str, model: str, batch: int, ncpu: int, torch_variant: st
         evals = iterations // eval_every
         examples = trials * (evals * (val + test) + 2 * test)
         per_eval = examples // (trials * evals)
-        result, wall, err = _subprocess(
-            [sys.executable, os.path.join(HERE, "torch_reference.py"), f"--model={model}",
-             f"--batch={batch}", f"--steps={trials * iterations}", f"--threads={ncpu}",
-             f"--eval_examples={per_eval}", f"--eval_every={eval_every}",
+        result, wall, err = _torch(
+            [f"--model={model}", f"--batch={batch}", f"--steps={trials * iterations}",
+             f"--threads={ncpu}", f"--eval_examples={per_eval}", f"--eval_every={eval_every}",
              f"--variant={torch_variant}"], timeout=3600)
         row["torch_variant"] = torch_variant
         row["torch_seconds"] = wall if result else None

@@ -11,14 +11,24 @@ ResNet-20's at 128) written several ways, on one single-threaded XLA:CPU device 
   canonical forward convolution of the padded ``dy`` with the flipped, channel-swapped kernel.
 
     taskset -c 0 python experiments/conv_gradients.py
+    taskset -c 0 python experiments/conv_gradients.py resnet20   # ResNet-20's layers, and PyTorch's
+
+The ``resnet20`` mode times every kind of ResNet-20 layer (batch 128, stride 1 and 2, the 1x1
+shortcuts) three ways: lth_jax's forward pass (differentiated, as in a training step), input
+gradient and kernel gradient with ``model.conv="auto"``, and, where PyTorch is installed, its
+oneDNN convolution and ``convolution_backward`` in channels-last with one thread; each the least
+process CPU time of 5 calls (a scan over 4 inputs for lth_jax), so that other work on a shared
+machine counts less.
 
 Each scans 8 different inputs (XLA cannot hoist the work out of the loop); median of 3 calls.
 Which input gradient is fastest depends on the CPU (docs/performance.md, "The input gradient as a
 forward convolution; dy transposed once").
 """
 
+import importlib.util
 import os
 import sys
+import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1 "
                                    "--xla_cpu_multi_thread_eigen=false")
@@ -111,5 +121,74 @@ def main() -> None:
             print(f"   {label:24s} {ms:7.1f} ms ({flops / ms / 1e6:5.0f})", flush=True)
 
 
+# (H = W, C_in, C_out, kernel, stride) of every kind of ResNet-20 layer on 32x32 inputs.
+RESNET20 = [(32, 3, 16, 3, 1), (32, 16, 16, 3, 1), (32, 16, 32, 3, 2), (32, 16, 32, 1, 2),
+            (16, 32, 32, 3, 1), (16, 32, 64, 3, 2), (16, 32, 64, 1, 2), (8, 64, 64, 3, 1)]
+
+
+def _cpu_ms(f, calls: int = 5) -> float:
+    """The least process CPU time of ``calls`` calls of ``f`` (after one), in ms."""
+    f()
+    times = []
+    for _ in range(calls):
+        start = time.process_time()
+        f()
+        times.append(time.process_time() - start)
+    return min(times) * 1e3
+
+
+def resnet20(batch: int = 128) -> None:
+    """lth_jax's three products of each ResNet-20 layer against PyTorch's (one core)."""
+    torch = None
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+        torch.set_num_threads(1)
+    steps, dims = 4, convolution._NHWC
+    conv = convolution.conv_function("auto")
+    print(f"jax {jax.__version__}" + (f", torch {torch.__version__}" if torch else "")
+          + f"; batch {batch}; CPU ms (GFLOP/s of the direct convolution)")
+    print(f"{'layer':>22} {'lth_jax fwd':>14} {'dx':>14} {'dw':>14}"
+          + (f" {'PyTorch fwd':>14} {'dx':>14} {'dw':>14}" if torch else ""))
+    for size, c_in, c_out, k, s in RESNET20:
+        pads = "SAME" if k == 3 else "VALID"
+        x = jax.random.normal(jax.random.key(0), (batch, size, size, c_in))
+        w = jax.random.normal(jax.random.key(1), (k, k, c_in, c_out))
+        layer = lambda x, w: conv(x, w, (s, s), pads, dimension_numbers=dims)
+        dy = jax.random.normal(jax.random.key(2), layer(x, w).shape)
+        flops = 2 * dy.size * k * k * c_in
+        xs, dys = (jnp.stack([a * (1 + 0.01 * t) for t in range(steps)]) for a in (x, dy))
+        products = {
+            "fwd": lambda x, dy: jax.vjp(lambda x: layer(x, w), x)[0],
+            "dx": lambda x, dy: jax.vjp(lambda x: layer(x, w), x)[1](dy)[0],
+            "dw": lambda x, dy: jax.vjp(lambda w: layer(x, w), w)[1](dy)[0],
+        }
+        cells = []
+        for name, f in products.items():
+            if name == "dx" and c_in == 3:  # a first layer's input gradient is never needed
+                cells.append("-")
+                continue
+            run = jax.jit(lambda xs, dys, f=f: lax.scan(
+                lambda total, z: (total + jnp.sum(f(*z)), None), 0.0, (xs, dys))[0])
+            ms = _cpu_ms(lambda: jax.block_until_ready(run(xs, dys))) / steps
+            cells.append(f"{ms:.2f} ({flops / ms / 1e6:.0f})")
+        if torch:
+            tx = torch.randn(batch, c_in, size, size).contiguous(memory_format=torch.channels_last)
+            tw = torch.randn(c_out, c_in, k, k).contiguous(memory_format=torch.channels_last)
+            ty = torch.nn.functional.conv2d(tx, tw, None, s, k // 2)
+            tg = torch.randn_like(ty).contiguous(memory_format=torch.channels_last)
+            backward = lambda mask: torch.ops.aten.convolution_backward(
+                tg, tx, tw, None, [s, s], [k // 2, k // 2], [1, 1], False, [0, 0], 1, mask)
+            for f in (lambda: torch.nn.functional.conv2d(tx, tw, None, s, k // 2),
+                      lambda: backward([True, False, False]),
+                      lambda: backward([False, True, False])):
+                ms = _cpu_ms(f)
+                cells.append(f"{ms:.2f} ({flops / ms / 1e6:.0f})")
+        name = f"{size}x{size} {c_in}->{c_out} {k}x{k}/{s}"
+        print(f"{name:>22} " + " ".join(f"{c:>14}" for c in cells), flush=True)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["resnet20"]:
+        resnet20()
+    else:
+        main()
