@@ -1,7 +1,7 @@
 """Quickstart: LeNet-300-100 on Fashion-MNIST read from local IDX files; the dense network (level 0)
 and 4 pruning levels (100% -> 80% -> 64% -> 51% -> 41% of the hidden layers' weights, the output
 layer at 10% per level), 2 trials, both controls: 26 runs of 2,000 iterations. Run it with
-``bash experiments/quickstart.sh``; BUILD_NOTES.md has its measured time on a 2-core CPU.
+``bash experiments/quickstart.sh``; README.md has its measured time on a 2-core CPU.
 
 At 2,000 iterations the validation loss of most runs is still falling, so their early-stopping
 iteration is the last evaluation (the terminal summary says how many); the paper's 50K-iteration

@@ -34,10 +34,7 @@ CODE = sorted(glob.glob(os.path.join(REPO, "lth_jax", "**", "*.py"), recursive=T
 #: Dated lines that wait for their file's owner (lth_jax/models/* is being edited under another
 #: issue): (path, a piece of the line). Remove an entry with the date; an entry whose line is gone
 #: fails the test, so the list only shrinks.
-PENDING_DATES = [
-    ("lth_jax/models/pooling.py", "2026-12-04/05's calls"),
-    ("lth_jax/models/convolution.py", "CPU measured (2026-12-01)"),
-]
+PENDING_DATES: list[tuple[str, str]] = []
 
 DATE = re.compile(r"20[0-9]{2}-[01][0-9]-[0-3][0-9]")
 
@@ -97,7 +94,7 @@ def test_every_cited_docs_section_exists():
 OUTSIDE = ".." + "/shared/"
 #: Lines that wait for their file's owner (lth_jax/models/* is being edited under another issue),
 #: as PENDING_DATES.
-PENDING_OUTSIDE = [("lth_jax/models/convolution.py", "notes/conv-on-xla-cpu.md")]
+PENDING_OUTSIDE: list[tuple[str, str]] = []
 
 
 def test_nothing_refers_to_a_path_outside_the_repository():
@@ -221,7 +218,7 @@ def test_the_symbol_rule_catches_a_name_that_is_gone():
 #: docs/design.md, "The layering rule": a module imports only modules earlier in this list; a
 #: package's modules import each other in the package's listed order, and its __init__ may import
 #: all of them (it re-exports their names). The models package orders itself.
-ORDER = ["selection", "stats", "tensorboard", "download", "processes", "models", "masks", "pruning",
+ORDER = ["selection", "timing", "stats", "tensorboard", "download", "processes", "models", "masks", "pruning",
          "tickets", "scores", "structured", "compaction", "data", "config", "train", "instability",
          "workdir", "report", "lottery", "branches", "cli", "main"]
 PACKAGES = {
@@ -286,4 +283,44 @@ def test_imports_follow_the_layering_of_docs_design(path):
             wrong.append(f"{me} imports {imported}, which comes after it")
         if at_import and ((parts[0], top) in UPWARD | LAZY or (parts[0], "*") in LAZY):
             wrong.append(f"{me} imports {imported} when it is imported; keep it inside a function")
+    assert not wrong, "\n".join(wrong)
+
+
+# ----------------------------------------------------------------------------- the layout
+
+
+def test_experiments_holds_recorded_experiments_only():
+    """experiments/: one folder per recorded experiment, each with its README and its run.sh, and
+    the quickstart README.md names; benchmarks live in benchmarks/."""
+    stray = []
+    for name in sorted(os.listdir(os.path.join(REPO, "experiments"))):
+        path = os.path.join(REPO, "experiments", name)
+        if name == "quickstart.sh" or name.startswith("."):
+            continue
+        if not os.path.isdir(path):
+            stray.append(f"experiments/{name}: not a recorded experiment's folder")
+        elif not {"README.md", "run.sh"} <= set(os.listdir(path)):
+            stray.append(f"experiments/{name}: no README.md and run.sh")
+    assert not stray, "\n".join(stray)
+
+
+def test_cpu_kernel_benchmarks_import_the_package_only():
+    """benchmarks/cpu_kernels/: scripts that import the installed package, never each other, and
+    do not edit ``sys.path``."""
+    folder = os.path.join(REPO, "benchmarks", "cpu_kernels")
+    scripts = {name[:-3] for name in os.listdir(folder) if name.endswith(".py")}
+    assert {"conv_gradients", "conv_forward", "pool_backward", "step_profile"} <= scripts
+    wrong = []
+    for script in sorted(scripts):
+        source = _read(os.path.join("benchmarks", "cpu_kernels", f"{script}.py"))
+        if "sys.path" in source:
+            wrong.append(f"{script}.py edits sys.path")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            wrong += [f"{script}.py imports {n}" for n in names if n.split(".")[0] in scripts]
     assert not wrong, "\n".join(wrong)

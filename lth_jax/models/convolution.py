@@ -4,7 +4,8 @@ Why: ``jax.grad`` of an NHWC/HWIO convolution emits two convolutions in non-stan
 input gradient with ``b01f_01oi->b01f``, the kernel gradient with ``f01b_i01o->01bf``). XLA:CPU
 rewrites such convolutions into its fast standard layout only in a program's entry computation; inside
 a while loop (``lax.scan``, ``lax.map``) they stay and run through its naive convolution code, 85×
-slower for Conv-2 (``../shared/notes/conv-on-xla-cpu.md``). A whole training run here is one scanned
+slower for Conv-2 (docs/performance.md, "Convolutions inside loops on XLA:CPU"). A whole training
+run here is one scanned
 program, so every gradient convolution sits in a loop.
 
 :func:`canonical_conv_general_dilated` is ``lax.conv_general_dilated`` with a custom VJP made of
@@ -65,8 +66,8 @@ input gradient ``winograd.conv3x3(dy, flip(w)ᵀ)`` (the same correlation as abo
 ``winograd.kernel_gradient3x3(x, dy)``, each over chunks of about ``_WINOGRAD_ROWS`` tiles. On
 Conv-2's 32x32x64 layer (one core, in a scan) that is 45.6 -> 30.0 ms for the forward pass and
 for the input gradient, 61.6 -> 47.1 for the kernel gradient; Conv-2/4/6 and VGG-19 train
-1.3-1.5x faster (experiments/winograd_layers.py,
-experiments/benchmark.py, docs/performance.md). The values differ from the direct ones by float32
+1.3-1.5x faster (benchmarks/cpu_kernels/conv_gradients.py winograd,
+benchmarks/benchmark.py, docs/performance.md). The values differ from the direct ones by float32
 rounding only (tested against ``nn.Conv``).
 
 The implementation is chosen per model with ``conv = "auto" | "xla" | "canonical_vjp" |
@@ -176,13 +177,13 @@ def winograd_conv_general_dilated(*args: Any, **kwargs: Any) -> jax.Array:
 #: narrower ones do too little arithmetic per transformed value (ResNet-20's 16- and 32-channel
 #: layers, forward pass and kernel gradient, direct -> Winograd: 12.7 -> 12.8 and 13.1 -> 17.4 ms,
 #: 5.9 -> 7.3 and 9.3 -> 9.3, in a scan, one core; 64 channels and wider: 1.3-1.8x faster
-#: forward, 1.2-1.6x kernel gradient, experiments/winograd_layers.py, docs/performance.md).
+#: forward, 1.2-1.6x kernel gradient, benchmarks/cpu_kernels/conv_gradients.py winograd, docs/performance.md).
 _WINOGRAD_MIN_CHANNELS = 64
 #: Tile rows (examples × tiles per example) per chunk of a Winograd product: the smallest chunk
 #: of the batch with at least this many. Fewer rows read the chunk's transformed kernel
 #: (16·C_in·C_out values) for too little work, many more leave the core's cache. On an AMD Zen 4
 #: (1 MiB L2) 512 ran within 6% of the best chunk on the paper's layers
-#: (experiments/winograd_layers.py); on the Intel Xeon of docs/performance.md whole steps ran
+#: (benchmarks/cpu_kernels/conv_gradients.py winograd); on the Intel Xeon of docs/performance.md whole steps ran
 #: faster with 256 (one core: Conv-2 192 -> 182 ms, Conv-6 459 -> 426, ResNet-20 546 -> 534,
 #: VGG-19 1,260 -> 1,257); 128 was better still for the narrow networks but 4% slower for VGG-19.
 #: The whole batch at once was up to 1.7x slower (32x32x64), one example at a time up to 3.7x
@@ -223,7 +224,7 @@ def _forward(x, w, strides, pads, precision, use_winograd):
         return _direct(x, w, strides, pads, precision)
     # An input smaller than the kernel (VGG-19's last stage: 2x2 maps, 3x3 kernels) sends XLA:CPU's
     # convolution down a path ~100x slower than a matmul (765 ms against 6 for a 64 x 2x2x512 -> 512
-    # layer, experiments/conv_forward.py); there the patches are tiny, so the forward pass is their
+    # layer, benchmarks/cpu_kernels/conv_forward.py); there the patches are tiny, so the forward pass is their
     # matmul too.
     out = tuple((n + lo + hi - k) // s + 1
                 for n, k, (lo, hi), s in zip(spatial_in, kernel, pads, strides))
@@ -375,7 +376,7 @@ def _input_patches(x: jax.Array, kernel, strides, pads, out) -> jax.Array:
 
 #: Bytes of one chunk of the kernel gradient's operands (examples × output positions × the wider
 #: channel count; a strided layer's padded input chunk is larger): half of a 1 MiB L2 cache, AMD
-#: Zen 4's. On Conv-2/4/6's, VGG-19's and ResNet-20's layers (experiments/conv_gradients.py,
+#: Zen 4's. On Conv-2/4/6's, VGG-19's and ResNet-20's layers (benchmarks/cpu_kernels/conv_gradients.py,
 #: docs/performance.md) chunks of this size ran fastest or within 2.2% of it; the whole batch in one
 #: contraction was up to 1.8x slower on large maps (ResNet-20's 32x32x16: 22.6 ms against 12.8),
 #: one example at a time up to 6.4x on small ones (2x2x512: 75.2 against 11.7).
@@ -447,15 +448,16 @@ def _conv_bwd(strides, pads, precision, use_winograd, residuals, dy):
         # 92 for the windows below (slice copies, matmuls, their sum). Not where the input is
         # smaller than the kernel: XLA folds the pad into the convolution, whose input is then
         # smaller than its kernel, which YNNPACK refuses: VGG-19's 2x2x512 maps ~1 s against 18 ms
-        # (experiments/conv_gradients.py).
+        # (benchmarks/cpu_kernels/conv_gradients.py).
         if _pairs(w_flipped.shape, strides):
             dx = _paired(dy, w_flipped, edges, precision)
         else:
             dx = lax.conv_general_dilated(dy_padded, w_flipped, (1, 1), "VALID",
                                           dimension_numbers=_NHWC, precision=precision)
     else:
-        # Sums over the k_h·k_w kernel taps of matmuls of one strided window each: on the AVX2
-        # CPU measured (2026-12-01) XLA's convolution ran at 23 GFLOP/s a core, the matmuls at 41.
+        # Sums over the k_h·k_w kernel taps of matmuls of one strided window each: on AVX2 CPUs
+        # the matmuls run faster than XLA's convolution (docs/performance.md, "The input gradient
+        # as a forward convolution; dy transposed once").
         # Windows, not one concatenated patch matrix: nothing k_h·k_w times an activation's size
         # is written (ResNet-20's 16 channels: 2x faster, docs/performance.md).
         products = [jnp.matmul(window, w_tap, precision=precision)
@@ -583,7 +585,7 @@ def _kernel_gradient(x, dy, kernel, strides, pads, precision) -> jax.Array:
     # 32x32x64 layer took 70.5 ms in the form used before, per-example products over the whole
     # batch (in its step: 9 x 5.5 ms of matmuls, 9 x 1.4-2.3 ms of window copies, 3 ms for the
     # transpose), and 61.1 ms two examples at a time; ResNet-20's 32x32x16 layer 21.5 -> 12.8 ms
-    # (experiments/conv_gradients.py). Sums accumulate in at least float32 either way.
+    # (benchmarks/cpu_kernels/conv_gradients.py). Sums accumulate in at least float32 either way.
     chunk = _examples_per_chunk(batch, spatial_out[0] * spatial_out[1] * (
         taps * c_in if patches else max(c_in, c_out)) * x.dtype.itemsize)
     if chunk == batch:

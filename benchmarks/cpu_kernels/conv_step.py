@@ -2,9 +2,9 @@
 dataset's shape) on one XLA:CPU device: called from a Python loop, and inside ``lax.scan`` (where a
 whole lth_jax level runs).
 
-    python experiments/conv_step.py canonical_vjp          # lth_jax's convolution (model.conv)
-    python experiments/conv_step.py xla                    # XLA's own gradient convolutions
-    python experiments/conv_step.py canonical_vjp vgg19 [off]   # another config; off: no augmentation
+    python benchmarks/cpu_kernels/conv_step.py canonical_vjp          # lth_jax's convolution (model.conv)
+    python benchmarks/cpu_kernels/conv_step.py xla                    # XLA's own gradient convolutions
+    python benchmarks/cpu_kernels/conv_step.py canonical_vjp vgg19 [off]   # another config; off: no augmentation
 
 It shows what ``model.conv`` is for: on XLA:CPU the stock gradient convolutions run ~60x slower
 inside a loop than at the top of a program, the canonical-VJP ones do not. One single-threaded
@@ -17,7 +17,6 @@ import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1 "
                                    "--xla_cpu_multi_thread_eigen=false")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

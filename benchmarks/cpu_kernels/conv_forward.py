@@ -1,39 +1,31 @@
 """The forward pass of every 3x3 SAME convolution of VGG-19 on CIFAR-10 (batch 64, NHWC/HWIO) on one
-single-threaded XLA:CPU device inside ``lax.scan``: XLA's own convolution against the patches
+single-threaded XLA:CPU device inside ``lax.scan`` (``lth_jax.timing``): XLA's own convolution against the patches
 matmul of ``lth_jax.models.convolution`` (``P(x) · w``), and, for the 2x2 and 1x1 maps where the
 kernel is larger than the input, what ``canonical_conv_general_dilated`` now does.
 
-    taskset -c 0 python experiments/conv_forward.py
+    taskset -c 0 python benchmarks/cpu_kernels/conv_forward.py
 
 Each scans 4 different inputs (XLA cannot hoist the work out of the loop); median of 3 calls.
 GFLOP/s count every kernel tap, the padding's included.
 """
 
 import os
-import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1 "
                                    "--xla_cpu_multi_thread_eigen=false")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
 from lth_jax.models import convolution  # noqa: E402
-from scan_timing import per_step_ms  # noqa: E402
+from lth_jax.timing import scanned_ms  # noqa: E402
 
 BATCH, STEPS, CALLS = 64, 4, 3
 # (height = width, C_in, C_out): VGG-19's layers on 32x32 (its last stage at 2x2), and the 1x1 map
 # that its last stage has on 28x28 inputs.
 LAYERS = [(32, 3, 64), (32, 64, 64), (16, 64, 128), (16, 128, 128), (8, 128, 256), (8, 256, 256),
           (4, 256, 512), (4, 512, 512), (2, 512, 512), (1, 512, 512)]
-
-
-def milliseconds(f, x, w) -> float:
-    xs = jnp.stack([x * (1 + 0.01 * t) for t in range(STEPS)])
-    return per_step_ms(lambda total, z: (total + jnp.sum(f(z, w)), None), xs, CALLS)
 
 
 def main() -> None:
@@ -51,7 +43,8 @@ def main() -> None:
                                  (size, size)), w.reshape(-1, c_out))
         flops = 2 * BATCH * size * size * 9 * c_in * c_out
         cells = [f"{ms:7.1f} ({flops / ms / 1e6:5.0f})"
-                 for ms in (milliseconds(f, x, w) for f in (xla, patches, ours))]
+                 for ms in (scanned_ms(lambda x, f=f: f(x, w), x, steps=STEPS, calls=CALLS)
+                           for f in (xla, patches, ours))]
         print(f"{f'{size}x{size} {c_in}->{c_out}':>18} {cells[0]:>17} {cells[1]:>16} {cells[2]:>16}",
               flush=True)
 

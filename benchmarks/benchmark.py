@@ -1,10 +1,10 @@
 r"""Training speed of lth_jax on every network of the paper, against the machine and PyTorch.
 
-    python experiments/benchmark.py                      # every case (~30 minutes on a 2-core CPU)
-    python experiments/benchmark.py --cases=conv2,e2e    # a subset (comma-separated name prefixes)
-    python experiments/benchmark.py --cases=resnet20,e2e-resnet20   # ResNet-20 steady, end to end
-    python experiments/benchmark.py --notorch            # without the PyTorch columns
-    python experiments/benchmark.py --cases=conv,vgg,resnet --conv=xla,canonical_vjp,winograd --notorch
+    python benchmarks/benchmark.py                      # every case (~30 minutes on a 2-core CPU)
+    python benchmarks/benchmark.py --cases=conv2,e2e    # a subset (comma-separated name prefixes)
+    python benchmarks/benchmark.py --cases=resnet20,e2e-resnet20   # ResNet-20 steady, end to end
+    python benchmarks/benchmark.py --notorch            # without the PyTorch columns
+    python benchmarks/benchmark.py --cases=conv,vgg,resnet --conv=xla,canonical_vjp,winograd --notorch
                                    # on a GPU: which convolution model.conv="auto" should pick
 
 Cases, each in a fresh process (XLA's device count and threading are fixed at start-up):
@@ -40,7 +40,7 @@ Columns:
   while the rate of the work a direct convolution would have done can pass 100%;
 * compile s: first call minus second; peak MB: the process's peak RSS (device peak on GPUs);
 * PyTorch: the same network, batch and masked step with as many threads as cores
-  (``experiments/torch_reference.py``), each variant in a process of its own: eager in NCHW
+  (``benchmarks/torch_reference.py``), each variant in a process of its own: eager in NCHW
   ("eager"), eager in channels-last ("chan-last"), and the whole train step under
   ``torch.compile`` ("compiled", channels-last); "best" is the fastest of them, "won" names it and
   "t-comp s" is the compiled variant's compilation (its warm-up steps beyond steady ones, with an
@@ -205,7 +205,7 @@ TORCH_VARIANTS = ("eager", "channels_last", "compile")
 
 
 def _torch(args, timeout=1800) -> tuple[dict | None, float, str]:
-    """``experiments/torch_reference.py args`` in a process of its own (see :func:`_subprocess`),
+    """``benchmarks/torch_reference.py args`` in a process of its own (see :func:`_subprocess`),
     with an empty Inductor cache: ``torch.compile`` compiles from scratch, as on a first run,
     rather than loading what an earlier call compiled."""
     with tempfile.TemporaryDirectory(prefix="lth_jax_inductor_") as cache:
@@ -216,7 +216,7 @@ def _torch(args, timeout=1800) -> tuple[dict | None, float, str]:
 
 def torch_row(model: str, batch: int, steps: int, threads: int, shape,
               variants=TORCH_VARIANTS) -> dict:
-    """PyTorch's steps/s for each variant (``experiments/torch_reference.py``, a process each):
+    """PyTorch's steps/s for each variant (``benchmarks/torch_reference.py``, a process each):
     ``{variant: result or None}``, then ``best`` (the variant with the most steps/s, None if none
     ran) and ``best_steps_per_s``."""
     rows = {}

@@ -3,7 +3,7 @@ device inside ``lax.scan``: the forward pass alone, and forward + backward + an 
 network's gradient cost without the optimizer's bookkeeping). Synthetic data of the dataset's
 shape, the config's batch size; batch norm in training mode where the network has it.
 
-    taskset -c 0 python experiments/step_time.py conv2 [steps]     # also conv4, conv6, vgg19, resnet18
+    taskset -c 0 python benchmarks/cpu_kernels/step_time.py conv2 [steps]     # also conv4, conv6, vgg19, resnet18
 
 To compare two versions of lth_jax, run it at each (alternating: the machine is noisy).
 """
@@ -14,8 +14,7 @@ import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1 "
                                    "--xla_cpu_multi_thread_eigen=false")
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, ROOT)
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -1,17 +1,35 @@
-"""The two gradients of a stride-1 3x3 SAME convolution (NHWC/HWIO; Conv-2/4/6's layers at batch 60,
-ResNet-20's at 128) written several ways, on one single-threaded XLA:CPU device inside ``lax.scan``:
+"""The gradients of 3x3 convolutions (NHWC/HWIO) written several ways, layer by layer, on one
+single-threaded XLA:CPU device inside ``lax.scan`` (``lth_jax.timing``). Three modes:
 
-* kernel gradient: one patches matmul (``P(x)ᵀ · dy``, lth_jax's before 2026-12-04), nine
-  shifted-window contractions ``x[i:, j:]ᵀ · dy`` (no patch matrix), the same summed over
-  per-example products (lth_jax's on 2026-12-04), and those products as ``dyᵀ · x[i:, j:]`` with
-  ``dy`` transposed once (lth_jax's on 2026-12-05), one such contraction over the whole batch,
-  and lth_jax's own (now: that contraction over chunks of a few examples, a scan;
-  timed at one example a chunk, at its rule's size, marked ``*``, at 4x that, and whole);
+    taskset -c 0 python benchmarks/cpu_kernels/conv_gradients.py            # the direct forms
+    taskset -c 0 python benchmarks/cpu_kernels/conv_gradients.py winograd   # Winograd's (~20 min)
+    taskset -c 0 python benchmarks/cpu_kernels/conv_gradients.py resnet20   # ResNet-20's, PyTorch's
+
+The default mode times stride-1 3x3 SAME layers (Conv-2/4/6's at batch 60, VGG-19's 4x4 and 2x2
+stages at 64, ResNet-20's at 128):
+
+* kernel gradient: one patches matmul (``P(x)ᵀ · dy``), nine shifted-window contractions
+  ``x[i:, j:]ᵀ · dy`` (no patch matrix), the same summed over per-example products, those products
+  as ``dyᵀ · x[i:, j:]`` with ``dy`` transposed once, one such contraction over the whole batch,
+  and lth_jax's own (that contraction over chunks of a few examples, a scan; timed at one example
+  a chunk, at its rule's size, marked ``*``, at 4x that, and whole);
 * input gradient: the patches matmul (``P(dy) · flip(w)ᵀ``), nine shifted-window matmuls, and the
   canonical forward convolution of the padded ``dy`` with the flipped, channel-swapped kernel.
 
-    taskset -c 0 python experiments/conv_gradients.py
-    taskset -c 0 python experiments/conv_gradients.py resnet20   # ResNet-20's layers, and PyTorch's
+Which input gradient is fastest depends on the CPU (docs/performance.md, "The input gradient as a
+forward convolution; dy transposed once").
+
+The ``winograd`` mode times Winograd's F(2x2, 3x3) against the direct forms on the same layers:
+the forward pass (= the input gradient, the same correlation with the flipped kernel) as XLA's
+convolution (where the map is smaller than the kernel, lth_jax's patches matmul) against
+``winograd.conv3x3`` at the chunk ``model.conv="winograd"`` picks (``*``), one example a chunk, and
+the whole batch; and the kernel gradient, lth_jax's direct one against
+``winograd.kernel_gradient3x3`` at the same chunks. The rules of ``lth_jax.models.convolution``
+(``_WINOGRAD_MIN_CHANNELS``, ``_WINOGRAD_ROWS``) come from it (docs/performance.md).
+
+Both scan 8 different inputs (XLA cannot hoist the work out of the loop); median of 3 calls; ms
+per layer and, in brackets, the direct convolution's FLOPs over that time (an "effective" rate
+for Winograd, which does 2.25x fewer multiplies).
 
 The ``resnet20`` mode times every kind of ResNet-20 layer (batch 128, stride 1 and 2, the 1x1
 shortcuts) three ways: lth_jax's forward pass (differentiated, as in a training step), input
@@ -19,10 +37,6 @@ gradient and kernel gradient with ``model.conv="auto"``, and, where PyTorch is i
 oneDNN convolution and ``convolution_backward`` in channels-last with one thread; each the least
 process CPU time of 5 calls (a scan over 4 inputs for lth_jax), so that other work on a shared
 machine counts less.
-
-Each scans 8 different inputs (XLA cannot hoist the work out of the loop); median of 3 calls.
-Which input gradient is fastest depends on the CPU (docs/performance.md, "The input gradient as a
-forward convolution; dy transposed once").
 """
 
 import importlib.util
@@ -32,29 +46,19 @@ import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1 "
                                    "--xla_cpu_multi_thread_eigen=false")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
-from lth_jax.models import convolution  # noqa: E402
-from scan_timing import per_step_ms  # noqa: E402
+from lth_jax.models import convolution, winograd  # noqa: E402
+from lth_jax.timing import scanned_ms  # noqa: E402
 
-STEPS, CALLS = 8, 3
 # (batch, height = width, C_in, C_out): Conv-2/4/6, VGG-19's 4x4 and 2x2 stages, ResNet-20. On
 # 2x2 maps XLA folds the pad into the input gradient's convolution, whose input is then smaller
 # than its kernel: XLA:CPU's slow path (~1 s), why lth_jax uses the windows there.
 LAYERS = [(60, 32, 64, 64), (60, 16, 128, 128), (60, 8, 256, 256), (64, 4, 512, 512),
           (64, 2, 512, 512), (128, 32, 16, 16), (128, 16, 32, 32), (128, 8, 64, 64)]
-
-
-def milliseconds(f, a, b) -> float:
-    """Median ms of ``f(a_t, b_t)`` inside a scan over 8 scaled copies of ``a`` and ``b``."""
-    xs = jnp.stack([a * (1 + 0.01 * t) for t in range(STEPS)])
-    ys = jnp.stack([b * (1 - 0.01 * t) for t in range(STEPS)])
-    return per_step_ms(lambda total, z: (total + jnp.sum(f(*z)), None), (xs, ys), CALLS)
 
 
 def layer_data(batch: int, size: int, c_in: int, c_out: int):
@@ -75,7 +79,7 @@ def main() -> None:
         x, w, dy, flops = layer_data(batch, size, c_in, c_out)
         flipped = lambda w: jnp.swapaxes(w[::-1, ::-1], 2, 3)  # HWIO with I = C_out, O = C_in
         windows = lambda a: convolution._windows(pad1(a), (3, 3), (1, 1), (size, size))
-        # dy as (N, C_out, positions), materialised once (as lth_jax does since 2026-12-05)
+        # dy as (N, C_out, positions), materialised once (as lth_jax's kernel gradient has it)
         dy_t = lambda dy: lax.optimization_barrier(
             jnp.swapaxes(dy.reshape(batch, -1, c_out), 1, 2))
         cases = {
@@ -102,7 +106,7 @@ def main() -> None:
         }
         print(f"-- batch {batch}, {size}x{size}, {c_in} -> {c_out} ({flops / 1e9:.2f} GFLOP)")
         for name, (f, a, b) in cases.items():
-            ms = milliseconds(f, a, b)
+            ms = scanned_ms(f, a, b)
             print(f"   {name:24s} {ms:7.1f} ms ({flops / ms / 1e6:5.0f})", flush=True)
         # lth_jax's kernel gradient (dy^T · windows over chunks of the batch, a scan) at its own
         # chunk size and at others (the module's _CHUNK_BYTES, read when the program is traced).
@@ -114,7 +118,7 @@ def main() -> None:
             convolution._CHUNK_BYTES = chunk_bytes
             try:
                 chunk = convolution._examples_per_chunk(batch, example)
-                ms = milliseconds(lth_jax_dw, x, dy)
+                ms = scanned_ms(lth_jax_dw, x, dy)
             finally:
                 convolution._CHUNK_BYTES = default
             label = f"dw lth_jax, {chunk} a chunk" + (" *" if chunk_bytes == default else "")
@@ -187,8 +191,40 @@ def resnet20(batch: int = 128) -> None:
         print(f"{name:>22} " + " ".join(f"{c:>14}" for c in cells), flush=True)
 
 
+SAME = ((1, 1), (1, 1))
+
+
+def winograd_layers() -> None:
+    """Winograd's F(2x2, 3x3) against the direct forms on ``LAYERS`` (the ``winograd`` mode)."""
+    print(f"jax {jax.__version__}; ms (direct-equivalent GFLOP/s) per layer")
+    for batch, size, c_in, c_out in LAYERS:
+        x, w, dy, flops = layer_data(batch, size, c_in, c_out)
+        picked = convolution._winograd_chunk(x.shape, SAME)
+        chunks = sorted({1, picked, batch})
+        cases = {"forward direct": (lambda x, w: convolution._forward(
+            x, w, (1, 1), SAME, None, False), x, w)}
+        for chunk in chunks:
+            cases[f"forward winograd, {chunk}" + (" *" if chunk == picked else "")] = (
+                lambda x, w, chunk=chunk: winograd.conv3x3(x, w, SAME, examples_per_chunk=chunk),
+                x, w)
+        cases["dw direct (lth_jax's)"] = (lambda x, dy: convolution._kernel_gradient(
+            x, dy, (3, 3), (1, 1), SAME, None), x, dy)
+        for chunk in chunks:
+            cases[f"dw winograd, {chunk}" + (" *" if chunk == picked else "")] = (
+                lambda x, dy, chunk=chunk: winograd.kernel_gradient3x3(
+                    x, dy, SAME, examples_per_chunk=chunk), x, dy)
+        print(f"-- batch {batch}, {size}x{size}, {c_in} -> {c_out} ({flops / 1e9:.2f} GFLOP direct)"
+              + ("" if convolution._winograd_applies(x.shape, w.shape, (1, 1), SAME)
+                 else "  [not Winograd's in lth_jax: narrower than "
+                      f"{convolution._WINOGRAD_MIN_CHANNELS} channels]"))
+        for name, (f, a, b) in cases.items():
+            ms = scanned_ms(f, a, b)
+            print(f"   {name:24s} {ms:7.1f} ms ({flops / ms / 1e6:5.0f})", flush=True)
+
+
 if __name__ == "__main__":
-    if sys.argv[1:] == ["resnet20"]:
-        resnet20()
-    else:
-        main()
+    modes = {"": main, "winograd": winograd_layers, "resnet20": resnet20}
+    mode = " ".join(sys.argv[1:])
+    if mode not in modes:
+        sys.exit(f"usage: conv_gradients.py [winograd | resnet20], not {mode!r}")
+    modes[mode]()

@@ -13,10 +13,10 @@ same. Variants (``--variant``):
   ``torch.compile`` (Inductor), channels-last, and the evaluation forward pass compiled too. Its
   first steps compile; ``compile_s`` is their time beyond the steady state's.
 
-    python experiments/torch_reference.py --model=conv2 --steps=20        # steps/s of one model
-    python experiments/torch_reference.py --model=resnet20 --batch=128 --variant=compile
+    python benchmarks/torch_reference.py --model=conv2 --steps=20        # steps/s of one model
+    python benchmarks/torch_reference.py --model=resnet20 --batch=128 --variant=compile
 
-Used by ``experiments/benchmark.py`` in a subprocess of its own; prints one ``RESULT {json}`` line.
+Used by ``benchmarks/benchmark.py`` in a subprocess of its own; prints one ``RESULT {json}`` line.
 """
 
 from __future__ import annotations

@@ -3,26 +3,23 @@ single-threaded XLA:CPU device, inside ``lax.scan`` as a training run has them:
 ``flax.linen.max_pool`` (its gradient is a ``select_and_scatter``) against
 ``lth_jax.models.pooling.max_pool`` (a reshape and a max).
 
-    python experiments/pool_backward.py
+    python benchmarks/cpu_kernels/pool_backward.py
 
 Each case scans 8 different inputs (so that XLA cannot hoist the work out of the loop) and prints
 the median of 5 calls per pool.
 """
 
 import os
-import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1 "
                                    "--xla_cpu_multi_thread_eigen=false")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from lth_jax.models.pooling import max_pool  # noqa: E402
-from scan_timing import per_step_ms  # noqa: E402
+from lth_jax.timing import per_step_ms  # noqa: E402
 
 BATCH, STEPS, CALLS = 60, 8, 5
 # (input of the pool: height = width, channels); Conv-2/4/6 pool at 32, 16, 8; VGG-19 also at 2.

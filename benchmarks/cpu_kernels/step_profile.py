@@ -3,7 +3,7 @@ device inside ``lax.scan`` (as a level runs): lth_jax's masked step (the config'
 batch, synthetic data of the dataset's shape) under ``jax.profiler``, each XLA thunk's time per
 step, with the jaxpr op it came from (from the optimised HLO's metadata).
 
-    taskset -c 0 python experiments/step_profile.py conv2 [steps] [rows] [conv]   # conv4, vgg19...
+    taskset -c 0 python benchmarks/cpu_kernels/step_profile.py conv2 [steps] [rows] [conv]   # conv4, vgg19...
 
 ``conv`` is ``model.conv`` (default ``auto``: ``winograd`` on a CPU).
 
@@ -24,8 +24,7 @@ import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1 "
                                    "--xla_cpu_multi_thread_eigen=false")
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, ROOT)
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
