@@ -206,3 +206,25 @@ def test_random_pruning_under_lr_rewinding_draws_among_the_previous_survivors(tm
         expected = jax.tree.map(lambda p, m: np.where(m, p, 0), trained, random_run[2])
         for a, b in zip(jax.tree.leaves(random_run[0]), jax.tree.leaves(expected)):
             np.testing.assert_array_equal(a, b)
+
+
+def test_the_recorded_retraining_comparison_was_made_by_its_config_files():
+    """experiments/retraining: every branch's saved config is branch.py's setting of that name on
+    the trunk of config.py, and the trunk's copied config is config.py's."""
+    folder = os.path.join(REPO, "experiments", "retraining")
+    trunk = lottery.config_to_json(config_lib.load_file(os.path.join(folder, "config.py")))
+    with open(os.path.join(folder, "trunk_config.json")) as f:
+        saved_trunk = json.load(f)
+    assert config_lib.identity(saved_trunk) == config_lib.identity(trunk)
+    names = sorted(n[:-len("_config.json")] for n in os.listdir(folder)
+                   if n.endswith("_config.json") and n != "trunk_config.json")
+    assert len(names) == 5
+    for name in names:
+        with open(os.path.join(folder, f"{name}_config.json")) as f:
+            saved = json.load(f)
+        branch = config_lib.load_file(os.path.join(folder, "branch.py"), name)
+        assert saved == {"branch": config_lib.to_json(branch),
+                         "trunk": config_lib.identity(trunk)}, name
+        with open(os.path.join(folder, f"{name}.jsonl")) as f:  # each record names its branch
+            assert {json.loads(line)["experiment"] for line in f} == {
+                base.branch_identity(config_lib.identity(trunk), branch)}, name

@@ -34,7 +34,7 @@ RULES="lr_rewinding_t8000 lr_rewinding_t2000 fine_tuning_t8000 fine_tuning_t2000
 "$PYTHON" -m lth_jax.main --config="$CONFIG" --workdir="$WORKDIR" --noreport
 for name in $RULES; do
     "$PYTHON" -m lth_jax.main --config="$CONFIG" --workdir="$WORKDIR" --noreport \
-        --branch="$BRANCHES/$name.py"
+        --branch="$BRANCHES/branch.py:$name"
 done
 
 mkdir -p "$OUT"
@@ -42,16 +42,16 @@ cp "$WORKDIR/results.jsonl" "$OUT/weight_rewinding_k0.jsonl"
 cp "$WORKDIR/config.json" "$OUT/trunk_config.json"
 for name in $RULES; do
     # the branch's folder: the one in WORKDIR/branches whose config.json holds this branch config
-    folder=$("$PYTHON" - "$WORKDIR" "$BRANCHES/$name.py" <<'PY'
+    folder=$("$PYTHON" - "$WORKDIR" "$BRANCHES/branch.py" "$name" <<'PY'
 import json, sys
 from lth_jax import config
 from lth_jax.branches import base
-workdir, path = sys.argv[1:]
-wanted = config.to_json(config.load_file(path))
+workdir, path, setting = sys.argv[1:]
+wanted = config.to_json(config.load_file(path, setting))
 found = [f for f in base.folders(workdir)
          if json.load(open(f"{f}/config.json"))["branch"] == wanted]
 if len(found) != 1:
-    sys.exit(f"{path}: {len(found)} branch folders in {workdir}/branches hold its config")
+    sys.exit(f"{path}:{setting}: {len(found)} branch folders in {workdir}/branches hold its config")
 print(found[0])
 PY
 )
