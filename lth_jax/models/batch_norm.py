@@ -13,8 +13,9 @@ intermediate tensors of the activation's size written between them. Here the bac
 the closed form below: per layer, the ReLU's mask applied to the output's cotangent ``g``, two
 per-channel sums (``Σg``, ``Σg·y``) and one element-wise sweep for the input's gradient; the
 residual's gradient is the masked ``g`` itself. The forward pass computes ``Σy``, ``Σy²`` and then
-the output in one element-wise sweep. One core, in a scan: ResNet-20's masked training step 650
--> 607 ms, VGG-19's 1,386 -> 1,297 (docs/performance.md).
+the output in one element-wise sweep. Fewer sweeps over these memory-bound activations make
+ResNet-20's and VGG-19's training steps shorter (docs/performance.md, "ResNet-20 against the best
+PyTorch").
 
 The VJP is the closed form of batch norm's gradient (``y`` through the batch mean and variance
 included): with ``x̂ = (y - mean)·inv``, ``inv = 1/sqrt(var + ε)``,

@@ -36,25 +36,28 @@ HWIO kernel's ``(k_h, k_w, C)``):
 
 Three more formulations for ResNet-20's narrow layers, which XLA:CPU would otherwise leave to its
 slower Eigen code (its fast YNNPACK convolutions refuse layers of at most 16 channels), each
-measured on whole steps (docs/performance.md): a strided layer onto at most 16 channels takes its
-input gradient by phases (:func:`_strided_input_gradient`: one forward convolution of ``dy``
-with ``s_h·s_w·C_in`` outputs, depth to space, no dilation zeros); a narrow first layer (3 -> 16)
-computes its forward pass on pairs of columns (:func:`_paired`); and batch norm, ReLU and the
-residual sum around the convolutions are one module with its own VJP
-(:mod:`lth_jax.models.batch_norm`).
+measured on whole steps (docs/performance.md, "ResNet-20 against the best PyTorch"): a strided
+layer onto at most 16 channels takes its input gradient by phases
+(:func:`_strided_input_gradient`: one forward convolution of ``dy`` with ``s_h·s_w·C_in``
+outputs, depth to space, no dilation zeros); a narrow first layer (3 -> 16) computes its forward
+pass on pairs of columns (:func:`_paired`); and batch norm, ReLU and the residual sum around the
+convolutions are one module with its own VJP (:mod:`lth_jax.models.batch_norm`).
 
 Why not a convolution for the kernel gradient too: written as one (batch and channel roles
-swapped, a 32×32 "kernel" for Conv-2) it ran at ~3 GFLOP/s on this project's first CPU, the
-patches product at ~40, and on an AVX-512 CPU at 35 against ~60 for the windows
-(docs/performance.md). Windows rather than the concatenated patches in wide layers: no tensor
-``k_h·k_w`` times an activation's size is written (Conv-2's steps 13% shorter than with patches
-over the whole batch; docs/performance.md). Both
-gradients equal ``jax.grad`` of ``lax.conv_general_dilated`` up to float32 reassociation (tested,
-either way of computing the input gradient). A strided layer's input gradient as windows pays
-for the zeros of the dilated ``dy`` (``s²`` times its FLOPs); as a convolution XLA folds the
-dilation into it (an input-dilated convolution, which XLA:CPU runs in Eigen rather than YNNPACK:
-ResNet-20's downsampling layers still ~4x faster than the windows), or, onto narrow inputs, by
-phases (above). Only ResNet-20's two downsampling blocks (and their 1×1 shortcuts) have strides.
+swapped, a 32×32 "kernel" for Conv-2) it ran an order of magnitude slower than the patches
+product on this project's first CPU (docs/performance.md, "Convolutions inside loops on
+XLA:CPU"), and slower than the windows on an AVX-512 CPU (docs/performance.md, "The input
+gradient as a forward convolution; dy transposed once"). Windows rather than the concatenated
+patches in wide layers: no tensor ``k_h·k_w`` times an activation's size is written, and steps
+are shorter than with patches over the whole batch (docs/performance.md, "Gradients as matmuls
+of windows"). Both gradients equal ``jax.grad`` of ``lax.conv_general_dilated`` up to float32
+reassociation (tested, either way of computing the input gradient). A strided layer's input
+gradient as windows pays for the zeros of the dilated ``dy`` (``s²`` times its FLOPs); as a
+convolution XLA folds the dilation into it (an input-dilated convolution, which XLA:CPU runs in
+Eigen rather than YNNPACK, still several times faster than the windows for ResNet-20's
+downsampling layers: docs/performance.md, "The input gradient as a forward convolution; dy
+transposed once"), or, onto narrow inputs, by phases (above). Only ResNet-20's two downsampling
+blocks (and their 1×1 shortcuts) have strides.
 
 With ``use_winograd`` (:func:`winograd_conv_general_dilated`, ``conv="winograd"``), the stride-1
 3x3 layers at least ``_WINOGRAD_MIN_CHANNELS`` (64) channels wide compute all three products of a
@@ -63,12 +66,11 @@ multiplies): the forward pass ``winograd.conv3x3(x, w)`` (when differentiated: e
 inference keep XLA's direct convolution, which XLA:CPU fuses with the layers after it), the
 input gradient ``winograd.conv3x3(dy, flip(w)ᵀ)`` (the same correlation as above, padded by
 ``(k-1-p_lo, ...)``), and the kernel gradient
-``winograd.kernel_gradient3x3(x, dy)``, each over chunks of about ``_WINOGRAD_ROWS`` tiles. On
-Conv-2's 32x32x64 layer (one core, in a scan) that is 45.6 -> 30.0 ms for the forward pass and
-for the input gradient, 61.6 -> 47.1 for the kernel gradient; Conv-2/4/6 and VGG-19 train
-1.3-1.5x faster (benchmarks/cpu_kernels/conv_gradients.py winograd,
-benchmarks/benchmark.py, docs/performance.md). The values differ from the direct ones by float32
-rounding only (tested against ``nn.Conv``).
+``winograd.kernel_gradient3x3(x, dy)``, each over chunks of about ``_WINOGRAD_ROWS`` tiles. Each
+of the three products of Conv-2's 32x32x64 layer is faster so, and Conv-2/4/6 and VGG-19 train
+faster (benchmarks/cpu_kernels/conv_gradients.py winograd, benchmarks/benchmark.py;
+docs/performance.md, "Winograd's F(2x2, 3x3), layer by layer" and "Speed of every network"). The
+values differ from the direct ones by float32 rounding only (tested against ``nn.Conv``).
 
 The implementation is chosen per model with ``conv = "auto" | "xla" | "canonical_vjp" |
 "winograd"`` (see :func:`resolve`): "auto" is "winograd" on CPUs and "xla" (cuDNN's own kernels,
@@ -100,10 +102,11 @@ def resolve(conv: str, platform: str | None = None) -> str:
     """The concrete implementation for ``conv`` on ``platform`` (default: JAX's default backend).
 
     ``"auto"`` is ``"winograd"`` on ``"cpu"`` and ``"xla"`` elsewhere: measured on XLA:CPU the
-    canonical VJP is ~85× faster inside a scan than XLA's gradient convolutions, and Winograd's
-    F(2x2, 3x3) on the wide stride-1 layers makes Conv-2's step ~1.3x shorter again
-    (docs/performance.md); on GPU/TPU XLA's own convolutions go to cuDNN / the TPU's convolution
-    units in any layout (cuDNN picks Winograd itself where it pays), and a custom VJP could only hide
+    canonical VJP is far faster inside a scan than XLA's gradient convolutions
+    (docs/performance.md, "Convolutions inside loops on XLA:CPU"), and Winograd's F(2x2, 3x3) on
+    the wide stride-1 layers makes Conv-2's step shorter again (docs/performance.md, "Speed of
+    every network"); on GPU/TPU XLA's own convolutions go to cuDNN / the TPU's convolution units
+    in any layout (cuDNN picks Winograd itself where it pays), and a custom VJP could only hide
     the pattern from XLA's fusions. Raises ``ValueError`` for an unknown name.
     """
     if conv not in IMPLEMENTATIONS:
@@ -174,20 +177,19 @@ def winograd_conv_general_dilated(*args: Any, **kwargs: Any) -> jax.Array:
 
 
 #: Winograd's F(2x2, 3x3) only for layers whose in and out channels are both at least this many:
-#: narrower ones do too little arithmetic per transformed value (ResNet-20's 16- and 32-channel
-#: layers, forward pass and kernel gradient, direct -> Winograd: 12.7 -> 12.8 and 13.1 -> 17.4 ms,
-#: 5.9 -> 7.3 and 9.3 -> 9.3, in a scan, one core; 64 channels and wider: 1.3-1.8x faster
-#: forward, 1.2-1.6x kernel gradient, benchmarks/cpu_kernels/conv_gradients.py winograd, docs/performance.md).
+#: narrower ones do too little arithmetic per transformed value: on ResNet-20's 16- and
+#: 32-channel layers Winograd was no faster than the direct forms, or slower, while 64 channels
+#: and wider gained in every product (benchmarks/cpu_kernels/conv_gradients.py winograd;
+#: docs/performance.md, "Winograd's F(2x2, 3x3), layer by layer").
 _WINOGRAD_MIN_CHANNELS = 64
 #: Tile rows (examples × tiles per example) per chunk of a Winograd product: the smallest chunk
 #: of the batch with at least this many. Fewer rows read the chunk's transformed kernel
 #: (16·C_in·C_out values) for too little work, many more leave the core's cache. On an AMD Zen 4
-#: (1 MiB L2) 512 ran within 6% of the best chunk on the paper's layers
-#: (benchmarks/cpu_kernels/conv_gradients.py winograd); on the Intel Xeon of docs/performance.md whole steps ran
-#: faster with 256 (one core: Conv-2 192 -> 182 ms, Conv-6 459 -> 426, ResNet-20 546 -> 534,
-#: VGG-19 1,260 -> 1,257); 128 was better still for the narrow networks but 4% slower for VGG-19.
-#: The whole batch at once was up to 1.7x slower (32x32x64), one example at a time up to 3.7x
-#: (4x4x512), on the AMD CPU.
+#: (1 MiB L2) 512 ran close to the best chunk on the paper's layers, where the whole batch at
+#: once or one example a chunk were much slower (benchmarks/cpu_kernels/conv_gradients.py
+#: winograd; docs/performance.md, "Winograd's F(2x2, 3x3), layer by layer"); on the Intel Xeon
+#: every network's whole step ran faster with 256, and 128, faster still for the narrow networks,
+#: slowed VGG-19 (docs/performance.md, "ResNet-20 against the best PyTorch").
 _WINOGRAD_ROWS = 256
 
 
@@ -223,9 +225,9 @@ def _forward(x, w, strides, pads, precision, use_winograd):
     if all(n >= k for n, k in zip(spatial_in, kernel)):
         return _direct(x, w, strides, pads, precision)
     # An input smaller than the kernel (VGG-19's last stage: 2x2 maps, 3x3 kernels) sends XLA:CPU's
-    # convolution down a path ~100x slower than a matmul (765 ms against 6 for a 64 x 2x2x512 -> 512
-    # layer, benchmarks/cpu_kernels/conv_forward.py); there the patches are tiny, so the forward pass is their
-    # matmul too.
+    # convolution down a path far slower than a matmul (benchmarks/cpu_kernels/conv_forward.py;
+    # docs/performance.md, "A forward pass on an input smaller than the kernel"); there the
+    # patches are tiny, so the forward pass is their matmul too.
     out = tuple((n + lo + hi - k) // s + 1
                 for n, k, (lo, hi), s in zip(spatial_in, kernel, pads, strides))
     patches = _input_patches(x, kernel, strides, pads, out)
@@ -233,8 +235,9 @@ def _forward(x, w, strides, pads, precision, use_winograd):
 
 
 #: Layers whose channels are all at most this many are "narrow": XLA:CPU leaves their canonical
-#: convolutions to Eigen (YNNPACK refuses them): ResNet-20's 32x32x16 layer (batch 128, one core)
-#: 11.8 ms against 4.8 for its 16x16x32 one, which has as many multiplies.
+#: convolutions to Eigen (YNNPACK refuses them): ResNet-20's 32x32x16 layer takes more than twice
+#: as long as its 16x16x32 one, which has as many multiplies (docs/performance.md, "ResNet-20
+#: against the best PyTorch").
 _NARROW_CHANNELS = 16
 
 
@@ -243,8 +246,9 @@ def _pairs(w_shape, strides) -> bool:
     (:data:`_NARROW_CHANNELS`) and widening (fewer input than output channels: a first layer on
     images), a kernel at least 3 wide (narrower ones would do at least twice the multiplies), on
     a CPU whose YNNPACK convolution is fast (AVX-512, see :func:`_forward_convolution_is_fast`;
-    measured only there). Not ResNet-20's 16 -> 16 layers: alone 1.1x faster paired, their step
-    was slower (the pad of their input, a sweep of its own; docs/performance.md)."""
+    measured only there). Not ResNet-20's 16 -> 16 layers: a little faster paired on their own,
+    they made the step slower (the pad of their input, a sweep of its own; docs/performance.md,
+    "ResNet-20 against the best PyTorch")."""
     return (tuple(strides) == (1, 1) and max(w_shape[2], w_shape[3]) <= _NARROW_CHANNELS
             and w_shape[2] < w_shape[3] and w_shape[1] >= 3
             and jax.default_backend() == "cpu" and _forward_convolution_is_fast())
@@ -280,9 +284,9 @@ def _paired(x: jax.Array, w: jax.Array, pads, precision) -> jax.Array:
     b - 1``: a VALID convolution along W with the ``b``-wide kernel of :func:`_paired_kernel` and
     ``2·C_out`` output channels, reshaped back (for free). A 3x3 layer does 4/3 of the direct
     multiplies, with twice the channels, which XLA:CPU runs in YNNPACK where it runs a layer
-    with at most 16 channels in Eigen: ResNet-20's first layer (3 -> 16 channels, batch 128, one
-    core, in a scan) 8.0 -> 2.6 ms (docs/performance.md). Where the input is padded (H by the
-    convolution, W by a pad of its own), negative padding crops first."""
+    with at most 16 channels in Eigen: ResNet-20's first layer (3 -> 16 channels) runs several
+    times faster so (docs/performance.md, "ResNet-20 against the best PyTorch"). Where the input
+    is padded (H by the convolution, W by a pad of its own), negative padding crops first."""
     n, height, width, c_in = x.shape
     k_h, k_w, _, c_out = w.shape
     (lo_h, hi_h), (lo_w, hi_w) = pads
@@ -309,8 +313,9 @@ def _conv(x, w, strides, pads, precision, use_winograd):
     # `use_winograd`. There XLA:CPU fuses the convolution with the bias, ReLU, pool and dense
     # layers after it, while Winograd's chunk loop writes its output to a buffer of its own; with
     # the CLI's evaluation batches (2,500 examples) and two devices sharing memory bandwidth,
-    # Conv-2's evaluations took 41 s with Winograd against 26 s direct in a 2 x 300-iteration run
-    # (docs/performance.md). Winograd's values differ from these by float32 rounding only.
+    # Conv-2's evaluations took longer with Winograd than direct, more than its faster training
+    # gained (docs/performance.md, "Winograd's F(2x2, 3x3), layer by layer"). Winograd's values
+    # differ from these by float32 rounding only.
     del use_winograd
     return _forward(x, w, strides, pads, precision, False)
 
@@ -376,10 +381,10 @@ def _input_patches(x: jax.Array, kernel, strides, pads, out) -> jax.Array:
 
 #: Bytes of one chunk of the kernel gradient's operands (examples × output positions × the wider
 #: channel count; a strided layer's padded input chunk is larger): half of a 1 MiB L2 cache, AMD
-#: Zen 4's. On Conv-2/4/6's, VGG-19's and ResNet-20's layers (benchmarks/cpu_kernels/conv_gradients.py,
-#: docs/performance.md) chunks of this size ran fastest or within 2.2% of it; the whole batch in one
-#: contraction was up to 1.8x slower on large maps (ResNet-20's 32x32x16: 22.6 ms against 12.8),
-#: one example at a time up to 6.4x on small ones (2x2x512: 75.2 against 11.7).
+#: Zen 4's. On Conv-2/4/6's, VGG-19's and ResNet-20's layers chunks of this size ran fastest or
+#: nearly so; the whole batch in one contraction was much slower on large maps, one example at a
+#: time on small ones (benchmarks/cpu_kernels/conv_gradients.py; docs/performance.md, "The kernel
+#: gradient a few examples at a time").
 _CHUNK_BYTES = 512 * 1024
 _one_piece = False  # set by convolutions_in_one_piece
 
@@ -443,12 +448,13 @@ def _conv_bwd(strides, pads, precision, use_winograd, residuals, dy):
         # convolution, whose input is then smaller than its kernel (XLA:CPU's slow path).
         dx = _strided_input_gradient(dy, w, strides, pads, spatial_in, precision)
     elif _forward_convolution_is_fast() and all(n >= k for n, k in zip(spatial_in, kernel)):
-        # That correlation is a forward convolution, which XLA:CPU runs in YNNPACK at ~100
-        # GFLOP/s a core on AVX-512 CPUs, inside loops too: Conv-2's 32x32x64 layer 47 ms against
-        # 92 for the windows below (slice copies, matmuls, their sum). Not where the input is
-        # smaller than the kernel: XLA folds the pad into the convolution, whose input is then
-        # smaller than its kernel, which YNNPACK refuses: VGG-19's 2x2x512 maps ~1 s against 18 ms
-        # (benchmarks/cpu_kernels/conv_gradients.py).
+        # That correlation is a forward convolution, which XLA:CPU runs in YNNPACK on AVX-512
+        # CPUs, inside loops too: for Conv-2's 32x32x64 layer in about half the time of the
+        # windows below (slice copies, matmuls, their sum). Not where the input is smaller than
+        # the kernel: XLA folds the pad into the convolution, whose input is then smaller than its
+        # kernel, which YNNPACK refuses, far slower on VGG-19's 2x2x512 maps
+        # (benchmarks/cpu_kernels/conv_gradients.py; docs/performance.md, "The input gradient as
+        # a forward convolution; dy transposed once").
         if _pairs(w_flipped.shape, strides):
             dx = _paired(dy, w_flipped, edges, precision)
         else:
@@ -459,7 +465,8 @@ def _conv_bwd(strides, pads, precision, use_winograd, residuals, dy):
         # the matmuls run faster than XLA's convolution (docs/performance.md, "The input gradient
         # as a forward convolution; dy transposed once").
         # Windows, not one concatenated patch matrix: nothing k_h·k_w times an activation's size
-        # is written (ResNet-20's 16 channels: 2x faster, docs/performance.md).
+        # is written, which makes ResNet-20's 16-channel layers faster (docs/performance.md,
+        # "Gradients as matmuls of windows").
         products = [jnp.matmul(window, w_tap, precision=precision)
                     for window, w_tap in zip(_windows(dy_padded, kernel, (1, 1), spatial_in),
                                              w_flipped.reshape(-1, c_out, c_in))]
@@ -477,8 +484,8 @@ def _conv_bwd(strides, pads, precision, use_winograd, residuals, dy):
 #: (:func:`_strided_input_gradient`): those whose input has at most this many channels.
 #: XLA:CPU's input-dilated convolution (the other way) writes C_in output channels, and at 16 or
 #: fewer it runs in Eigen rather than YNNPACK: ResNet-20's 32x32x16 -> 16x16x32 layer's input
-#: gradient 7.9 ms that way against 4.6 by phases; its 16x16x32 -> 8x8x64 layer's 3.5 against
-#: 4.3 (one core, in a scan, batch 128; docs/performance.md).
+#: gradient is faster by phases, its 16x16x32 -> 8x8x64 layer's slower (docs/performance.md,
+#: "ResNet-20 against the best PyTorch").
 _PHASES_MAX_CHANNELS = 16
 
 
@@ -529,9 +536,9 @@ def _strided_input_gradient(dy: jax.Array, w: jax.Array, strides, pads, spatial_
 #: Layers whose channels are all at most this many compute their kernel gradient as one matmul
 #: with the patches (the windows side by side: ``dyᵀ · P``, ``(C_out, k_h·k_w·C_in)``) per chunk
 #: instead of one matmul per tap, whose ``(C_out, C_in)`` products are too small for the matmul's
-#: kernels: ResNet-20's 32x32x16 layers 20.0 -> 15.3 ms (batch 128, one core, in a scan), its step
-#: 6% shorter with the 16-channel layers' and 2% more with the 32-channel ones'; with the 64-channel
-#: ones' too, no shorter (docs/performance.md).
+#: kernels: ResNet-20's 32x32x16 layers are faster so, and its step shorter with the 16-channel
+#: layers' and again with the 32-channel ones'; with the 64-channel ones' too it was no shorter
+#: (docs/performance.md, "ResNet-20 against the best PyTorch").
 _PATCHES_MAX_CHANNELS = 32
 
 
@@ -545,16 +552,17 @@ def _kernel_gradient(x, dy, kernel, strides, pads, precision) -> jax.Array:
     # contracted axis minor in its left operand and major in its right one. An NHWC window
     # (positions, C_in) is a right operand as it is; dy becomes a left one by one transpose to
     # (C_out, positions), shared by the k_h·k_w taps. The other way round (the window on the
-    # left) XLA transposes every window (Conv-2: 9 transposes of 5 ms a step), which pays only
-    # where the windows together are smaller than dy (a first layer: 9 x 3 channels against 64,
-    # Conv-2's step 3% shorter; ResNet-20's 1x1 shortcuts: 16 against 32). The barrier keeps XLA
-    # from folding the transpose of dy back into each matmul, which then runs in XLA's slower
-    # general-layout code (8.7 ms instead of 5.5 for a Conv-2 tap).
+    # left) XLA transposes every window, nearly as costly as the matmuls, which pays only where
+    # the windows together are smaller than dy (a first layer: 9 x 3 channels against 64;
+    # ResNet-20's 1x1 shortcuts: 16 against 32). The barrier keeps XLA from folding the transpose
+    # of dy back into each matmul, which then runs in XLA's slower general-layout code
+    # (docs/performance.md, "The input gradient as a forward convolution; dy transposed once").
     if kernel[0] * kernel[1] * c_in < c_out:  # windowᵀ · dy: (C_in, C_out) a tap
         positions = spatial_out[0] * spatial_out[1]
         # Per example and summed where an example has at least C_out positions, one contraction
-        # otherwise: the rule every layer had before the chunks below (per example 1.1-2.4x
-        # faster on Conv-2's and ResNet-20's layers, 10x slower at 4x4x512).
+        # otherwise: the rule every layer had before the chunks below (per example faster on
+        # large maps, far slower on small ones such as 4x4x512: docs/performance.md, "Gradients
+        # as matmuls of windows").
         spec = "nhwc,nhwo->nco" if positions >= c_out else "nhwc,nhwo->co"
         taps = [jnp.einsum(spec, window, dy, precision=precision)
                 for window in _windows(_padded_input(x, kernel, strides, pads, spatial_out),
@@ -581,11 +589,12 @@ def _kernel_gradient(x, dy, kernel, strides, pads, precision) -> jax.Array:
                           for window in windows])
 
     # A few examples at a time (a loop over chunks of the batch): each chunk's window copies
-    # and dy transpose then stay in the core's cache for the matmuls that read them. Conv-2's
-    # 32x32x64 layer took 70.5 ms in the form used before, per-example products over the whole
-    # batch (in its step: 9 x 5.5 ms of matmuls, 9 x 1.4-2.3 ms of window copies, 3 ms for the
-    # transpose), and 61.1 ms two examples at a time; ResNet-20's 32x32x16 layer 21.5 -> 12.8 ms
-    # (benchmarks/cpu_kernels/conv_gradients.py). Sums accumulate in at least float32 either way.
+    # and dy transpose then stay in the core's cache for the matmuls that read them, where the
+    # form used before (per-example products over the whole batch) spent a good part of its
+    # time on window copies and the transpose: Conv-2's 32x32x64 layer and, more, ResNet-20's
+    # 32x32x16 one are faster so (benchmarks/cpu_kernels/conv_gradients.py; docs/performance.md,
+    # "The kernel gradient a few examples at a time"). Sums accumulate in at least float32 either
+    # way.
     chunk = _examples_per_chunk(batch, spatial_out[0] * spatial_out[1] * (
         taps * c_in if patches else max(c_in, c_out)) * x.dtype.itemsize)
     if chunk == batch:
@@ -593,8 +602,8 @@ def _kernel_gradient(x, dy, kernel, strides, pads, precision) -> jax.Array:
     else:
         # A fori_loop slicing x and dy where they lie, not a scan over them reshaped into
         # chunks: XLA:CPU materialised the reshaped operands, computing the element-wise work
-        # that produced x and dy (batch norm, ReLU) a second time to write them (ResNet-20's step
-        # 606 -> 578 ms on one core; docs/performance.md).
+        # that produced x and dy (batch norm, ReLU) a second time to write them, which made
+        # ResNet-20's step longer (docs/performance.md, "ResNet-20 against the best PyTorch").
         def accumulate(i, total):
             part = [lax.dynamic_slice_in_dim(a, i * chunk, chunk, 0) for a in (x, dy)]
             return total + kernel_gradient(*part)

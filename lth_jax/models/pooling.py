@@ -2,12 +2,12 @@
 
 Why: ``flax.linen.max_pool`` is a ``reduce_window``, whose gradient XLA lowers to a
 ``select_and_scatter``, which XLA:CPU runs slowly: Conv-2's pool (60 × 32×32×64 inputs), forward
-and backward inside a scan, took a fifth of the whole training step (docs/performance.md, "Max-pooling
-without select_and_scatter"). The networks here only pool with non-overlapping windows (stride = window), and such a pool is a
-reshape and a ``max`` over two axes, whose gradient (a ``jax.custom_vjp``) is element-wise: each
-window's ``∂L/∂y`` goes to the first of its maxima in row-major order, chosen by k² chained
-compares and selects that XLA fuses into one loop, about 30 times faster for Conv-2's pool
-(``benchmarks/cpu_kernels/pool_backward.py``).
+and backward inside a scan, took a fifth of the whole training step (docs/performance.md,
+"Max-pooling without select_and_scatter"). The networks here only pool with non-overlapping
+windows (stride = window), and such a pool is a reshape and a ``max`` over two axes, whose
+gradient (a ``jax.custom_vjp``) is element-wise: each window's ``∂L/∂y`` goes to the first of its
+maxima in row-major order, chosen by k² chained compares and selects that XLA fuses into one
+loop, about 30 times faster for Conv-2's pool (``benchmarks/cpu_kernels/pool_backward.py``).
 
 For ``x`` of shape ``(..., H, W, C)`` and window ``k``, with ``H' = ⌊H/k⌋``, ``W' = ⌊W/k⌋``::
 
@@ -63,8 +63,9 @@ def _max_over_windows_bwd(residuals, cotangent):
     # select_and_scatter (nn.max_pool's gradient) gives it. Written as k² element-wise selects
     # chained by "taken", it is one loop fusion; JAX's own gradient of a max shares ∂L/∂y among
     # tied maxima and needs a count per window, a reduction that XLA:CPU ran slowly: Conv-2's
-    # pool forward and backward 6.8 ms that way, 1.5 this way (benchmarks/cpu_kernels/pool_backward.py); the
-    # reduction alone was 8.7 ms of a 202 ms step (benchmarks/cpu_kernels/step_profile.py conv2).
+    # pool forward and backward several times slower that way, the reduction alone a few % of
+    # its step (benchmarks/cpu_kernels/pool_backward.py, benchmarks/cpu_kernels/step_profile.py
+    # conv2; docs/performance.md, "Max-pooling without select_and_scatter").
     blocks, pooled = residuals
     window = blocks.shape[-2]
     taken = jnp.zeros(pooled.shape, dtype=bool)

@@ -93,8 +93,8 @@ def _kernel_rows_adjoint(u: jax.Array) -> jax.Array:
 def kernel_transform(w: jax.Array) -> jax.Array:
     """``U = G g Gᵀ`` for an HWIO kernel ``w`` (3, 3, C_in, C_out): (4, 4, C_in, C_out), indexed
     ``[column ξ, row ξ]`` to match the transformed input of :func:`conv3x3`. Element-wise
-    arithmetic (as an einsum, XLA:CPU made it a (C_in·C_out·4, 3) matmul: ~29 ms for a 512x512
-    kernel), in at least float32."""
+    arithmetic (as an einsum, XLA:CPU made it a (C_in·C_out·4, 3) matmul, far slower:
+    docs/performance.md, "Winograd's F(2x2, 3x3), layer by layer"), in at least float32."""
     w = w.astype(jnp.promote_types(w.dtype, jnp.float32))
     rows = _kernel_rows(w)  # (4 row ξ, 3 columns, C_in, C_out)
     return _kernel_rows(jnp.swapaxes(rows, 0, 1))  # (4 column ξ, 4 row ξ, C_in, C_out)
@@ -122,7 +122,7 @@ def _conv3x3_chunk(x: jax.Array, u: jax.Array, pads, precision, channels_swapped
     v = _transformed_input(x, pads)
     accumulator = jnp.promote_types(x.dtype, jnp.float32)
     # Swapped channels are contracted where they lie: XLA:CPU transposed the 16 matrices as
-    # fast as it multiplied them in isolation, but in VGG-19's step as a 10-14 ms copy each.
+    # fast as it multiplied them in isolation, but in VGG-19's step as a costly copy each.
     u = u.reshape(16, *u.shape[2:]).astype(x.dtype)  # (16, C_in, C_out) or (16, C_out, C_in)
     m = lax.dot_general(v, u, (((2,), (2 if channels_swapped else 1,)), ((0,), (0,))),
                         precision=precision, preferred_element_type=accumulator)
@@ -175,7 +175,8 @@ def conv3x3(x: jax.Array, w: jax.Array, pads: Sequence[tuple[int, int]], *,
     u = kernel_transform(w)
     if flipped:
         # Transforming the flipped, channel-swapped kernel instead made XLA fuse the channel
-        # transpose into the transform's strided writes: 20 ms for each of VGG-19's 512x512 ones.
+        # transpose into the transform's slow strided writes (docs/performance.md, "Winograd's
+        # F(2x2, 3x3), layer by layer").
         swap = lambda a: jnp.stack([a[3], a[1], a[2], a[0]])
         u = jnp.swapaxes(swap(jnp.swapaxes(swap(u), 0, 1)), 0, 1)
     chunk = _chunks(batch, examples_per_chunk)
