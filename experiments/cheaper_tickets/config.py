@@ -3,21 +3,20 @@
 The recorded lottery's setup (``experiments/lenet_fashion_mnist/config.py``, loaded from there so
 the two cannot drift apart: Adam 1.2e-3, batch 60, layerwise fc 20% / output 10% per round,
 evaluation every 100 iterations) with a budget of 10K iterations per training instead of 50K, so
-that the lottery and the side-by-side run fit in one sitting on a 2-core CPU (19 min measured). What
-this changes: IMP prunes the weights at the end of training, here after 10K iterations, so the
-masks are not the recorded lottery's; and a run whose validation loss still falls at 10K (the
-sparsest at-init masks, experiments/cheaper_tickets/README.md) is stopped there.
+that the trunk and the branches fit in one sitting on a 2-core CPU. What this changes: IMP prunes
+the weights at the end of training, here after 10K iterations, so the masks are not the recorded
+lottery's; and a run whose validation loss still falls at 10K (the sparsest non-IMP masks,
+experiments/cheaper_tickets/README.md) is stopped there.
 
-The lottery that provides θ₀ and the IMP masks is run with this same config and without its
-controls (``lth_jax.cheaper_tickets`` makes the random-pruning control's mask itself)::
+It is the trunk of the cheaper-tickets branch (``branch.py``; ``run.sh`` runs it and the early-bird
+sweep) and of the LeNet instability branch (``experiments/instability/lenet_branch.py``), without
+its controls (the branch trains the random-pruning control's mask itself)::
 
     python -m lth_jax.main --config=experiments/cheaper_tickets/config.py \
-        --workdir=runs/cheaper_tickets_lottery --noreport
-    python -m lth_jax.cheaper_tickets --config=experiments/cheaper_tickets/config.py \
-        --workdir=runs/cheaper_tickets --tickets=runs/cheaper_tickets_lottery
+        --workdir=runs/cheaper_tickets --branch=experiments/cheaper_tickets/branch.py
 
-The lottery's levels 3, 7, 12 and 15 hold 51.3%, 21.1%, 7.0% and 3.6% of the weights: the default
-target densities of the mode.
+The trunk's levels 3, 7, 12 and 15 hold 51.3%, 21.1%, 7.0% and 3.6% of the weights: the levels the
+branch compares at.
 """
 
 import os
