@@ -4,12 +4,18 @@ matmul of ``lth_jax.models.convolution`` (``P(x) · w``), and, for the 2x2 and 1
 kernel is larger than the input, what ``canonical_conv_general_dilated`` now does.
 
     taskset -c 0 python benchmarks/cpu_kernels/conv_forward.py
+    taskset -c 0 python benchmarks/cpu_kernels/conv_forward.py narrow
+
+``narrow`` times XLA's own convolution of ResNet-20's first stage (32x32 maps, batch 128, C -> C
+channels) at C = 16 and at wider zero-padded widths: XLA:CPU hands convolutions of at most 16
+channels to its slower Eigen code, and this measures whether padding them past that pays.
 
 Each scans 4 different inputs (XLA cannot hoist the work out of the loop); median of 3 calls.
 GFLOP/s count every kernel tap, the padding's included.
 """
 
 import os
+import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1 "
                                    "--xla_cpu_multi_thread_eigen=false")
@@ -49,5 +55,19 @@ def main() -> None:
               flush=True)
 
 
+def narrow(batch: int = 128, size: int = 32) -> None:
+    """XLA's convolution of a C -> C 3x3 SAME layer on ``size``² maps at several widths C."""
+    dims = convolution._NHWC
+    print(f"jax {jax.__version__}; batch {batch}, {size}x{size}; ms (GFLOP/s)")
+    for c in (16, 17, 20, 24, 32):
+        x = jax.random.normal(jax.random.key(0), (batch, size, size, c))
+        w = jax.random.normal(jax.random.key(1), (3, 3, c, c))
+        ms = scanned_ms(lambda x: lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                           dimension_numbers=dims),
+                        x, steps=STEPS, calls=CALLS)
+        flops = 2 * batch * size * size * 9 * c * c
+        print(f"{c:>4} channels {ms:7.2f} ms ({flops / ms / 1e6:5.0f})", flush=True)
+
+
 if __name__ == "__main__":
-    main()
+    narrow() if sys.argv[1:] == ["narrow"] else main()
