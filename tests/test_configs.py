@@ -111,8 +111,8 @@ STRUCTURED = ("unstructured", "2:4", "1:4", "neuron")
 
 @pytest.mark.parametrize("path, arg", [
     ("lenet_fashion_mnist/config.py", None), ("conv2_fashion_mnist/config.py", None),
-    ("cheaper_tickets/config.py", None), ("instability/lenet.py", None),
-    ("instability/conv2.py", None)] + [("structured_sparsity/config.py", p) for p in STRUCTURED])
+    ("cheaper_tickets/config.py", None), ("instability/conv2.py", None)]
+    + [("structured_sparsity/config.py", p) for p in STRUCTURED])
 def test_experiment_config_is_valid(path, arg):
     config_lib.validate(load_experiment_config(path, arg))
 
@@ -130,16 +130,38 @@ def test_recorded_experiments_were_made_by_their_config_files():
         made = lottery.config_to_json(load_experiment_config("structured_sparsity/config.py", pattern))
         saved = recorded("structured_sparsity", pattern.replace(":", "_"), "config.json")
         assert without_runtime(saved) == without_runtime(made), pattern
-    cheaper = lottery.config_to_json(load_experiment_config("cheaper_tickets/config.py"))
-    flat = recorded("cheaper_tickets", "cheaper_tickets_config.json")["config"]
-    assert flat["train.iterations"] == cheaper["train"]["iterations"] == 10_000
-    assert {k: v for k, v in flat.items() if k.startswith("prune.")} == {
-        k: v for k, v in without_runtime(cheaper).items() if k.startswith("prune.")}
     conv2 = lottery.config_to_json(load_experiment_config("conv2_fashion_mnist/config.py"))
     assert without_runtime(recorded("conv2_fashion_mnist", "config.json")) == without_runtime(conv2)
-    instability = lottery.config_to_json(load_experiment_config("instability/lenet.py"))
-    saved = recorded("instability", "lenet", "instability_config.json")["config"]
-    assert without_runtime(saved) == without_runtime(instability)
+
+    # Branches: each folder's config.json is {"branch": the branch config, "trunk": the trunk's
+    # identity}, and the trunk's own config.json was copied beside it.
+    def branch_made_by(folder, saved_name, trunk_file, branch_file, arg=None):
+        trunk = lottery.config_to_json(load_experiment_config(trunk_file))
+        branch = config_lib.to_json(load_experiment_config(branch_file, arg))
+        assert recorded(*folder, saved_name) == {"branch": branch,
+                                                  "trunk": config_lib.identity(trunk)}, saved_name
+        return trunk
+
+    cheaper = branch_made_by(["cheaper_tickets"], "config.json", "cheaper_tickets/config.py",
+                             "cheaper_tickets/branch.py")
+    assert cheaper["train"]["iterations"] == 10_000
+    assert without_runtime(recorded("cheaper_tickets", "lottery_config.json")) == \
+        without_runtime(cheaper)
+    with open(os.path.join(EXPERIMENTS, "cheaper_tickets", "lottery_results.jsonl")) as f:
+        assert {json.loads(line)["experiment"] for line in f} == {config_lib.identity(cheaper)}
+    sweep = sorted(os.listdir(os.path.join(EXPERIMENTS, "cheaper_tickets", "early_bird_sweep")))
+    settings = [name[:-len("_config.json")] for name in sweep if name.endswith("_config.json")]
+    assert len(settings) == 5 and sorted(f"{s}.jsonl" for s in settings) == [
+        name for name in sweep if name.endswith(".jsonl")]
+    for setting in settings:
+        branch_made_by(["cheaper_tickets", "early_bird_sweep"], f"{setting}_config.json",
+                       "cheaper_tickets/config.py", "cheaper_tickets/early_bird.py", setting)
+    for part, trunk_file in (("lenet", "cheaper_tickets/config.py"),
+                             ("conv2", "instability/conv2.py")):
+        trunk = branch_made_by(["instability", part], "config.json", trunk_file,
+                               f"instability/{part}_branch.py")
+        assert without_runtime(recorded("instability", part, "trunk_config.json")) == \
+            without_runtime(trunk), part
 
 
 def test_later_fields_at_their_default_keep_the_identity_and_are_checked():
