@@ -18,11 +18,6 @@ if helpers.FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
 import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest  # noqa: E402
 
-# Test files that are not yet moved to ``from helpers import ...`` (test_branch*.py,
-# test_convolution.py, test_winograd.py, test_tensorboard.py) import these from here.
-from helpers import (REPO, cli_flags, conv2_on_8x8, fusion_emitters,  # noqa: E402,F401
-                     tiny_config)
-
 _CACHE = os.environ.get("LTH_JAX_TEST_CACHE") or tempfile.mkdtemp(prefix="lth_jax_xla_cache_")
 os.environ.setdefault("LTH_JAX_TEST_CACHE", _CACHE)  # subprocesses started by tests share it
 jax.config.update("jax_compilation_cache_dir", _CACHE)

@@ -134,7 +134,7 @@ def test_weight_rewinding_is_unchanged_against_records_made_before_the_rules(tmp
 
 def test_a_retrain_branch_shares_the_trunks_level_0_and_rewinds_elsewhere(tmp_path):
     # θ_50 two ways (a capture inside level 0, a run stopped at 50): programs of other loop
-    # shapes, compared bit for bit under the fusion emitters (conftest.fusion_emitters).
+    # shapes, compared bit for bit under the fusion emitters (helpers.fusion_emitters).
     with fusion_emitters():
         config = tiny_config(**SCHEDULE)
         lottery.run(config, str(tmp_path), log=lambda _: None)

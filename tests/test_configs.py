@@ -26,7 +26,7 @@ def test_config_is_valid(name):
 
 
 def test_paper_hyperparameters():
-    # (iterations, batch, optimizer, lr, warmup, drops, weight decay) from PAPER.md
+    # (iterations, batch, optimizer, lr, warmup, drops, weight decay) from docs/paper.md
     expected = {
         "lenet300_100": (50_000, 60, "adam", 1.2e-3, 0, (), 0.0),
         "conv2": (20_000, 60, "adam", 2e-4, 0, (), 0.0),

@@ -195,7 +195,7 @@ def test_in_one_piece_the_kernel_gradient_has_no_loop_and_its_whole_flop_count(m
 def test_data_parallel_programs_take_each_convolution_in_one_piece(data_parallel, monkeypatch):
     # In chunks, the kernel gradient and the Winograd products would loop over an axis that GSPMD
     # splits over the devices.
-    from conftest import conv2_on_8x8
+    from helpers import conv2_on_8x8
 
     from lth_jax import lottery
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")

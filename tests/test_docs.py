@@ -97,8 +97,13 @@ OUTSIDE = ".." + "/shared/"
 PENDING_OUTSIDE: list[tuple[str, str]] = []
 
 
+#: A document named by a capitalised file name (README.md, BUILD_NOTES.md, ...).
+UPPER_DOC = re.compile(r"\b[A-Z][A-Z_]+\.md\b")
+
+
 def test_nothing_refers_to_a_path_outside_the_repository():
-    """No file points into the folder beside the checkout: what it cites is in docs/ (the
+    """No file points into the folder beside the checkout, nor names a capitalised document
+    (``UPPER_DOC``) that the repository does not have: what it cites is in docs/ (the
     measurements of that folder's convolution notes: docs/performance.md, "Convolutions inside
     loops on XLA:CPU")."""
     outside = []
@@ -112,6 +117,16 @@ def test_nothing_refers_to_a_path_outside_the_repository():
                                                for p, piece in PENDING_OUTSIDE):
                     outside.append(f"{rel}:{n}: {line.strip()}")
     assert not outside, "\n".join(outside)
+    missing = []  # a document named by its file name alone that a clone lacks
+    present = {name for _, _, names in os.walk(REPO) for name in names if name.endswith(".md")}
+    for pattern in ("**/*.py", "**/*.md", "**/*.sh"):
+        for path in glob.glob(os.path.join(REPO, pattern), recursive=True):
+            rel = os.path.relpath(path, REPO)
+            if rel.startswith(("runs/", ".venv/", "build/")):
+                continue
+            missing += [f"{rel}: {name}" for name in set(UPPER_DOC.findall(_read(rel)))
+                        if name not in present]
+    assert not missing, "documents the repository does not have:\n" + "\n".join(sorted(missing))
     for path, piece in PENDING_OUTSIDE:
         assert piece in _read(path), f"{path} no longer has {piece!r}: remove it from PENDING_OUTSIDE"
 

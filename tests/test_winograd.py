@@ -191,8 +191,8 @@ def test_a_winograd_run_continues_bit_for_bit_across_slices(monkeypatch):
     # program without the loop) gives the same bits as one slice, with Winograd's chunk loops
     # inside every step (Conv-2's 64-channel layer, 16 tiles an example, two examples a chunk).
     # Compiled with XLA's fusion emitters, as every bit-for-bit comparison of programs of other
-    # loop shapes in this suite is (conftest.FUSION_EMITTERS).
-    from conftest import conv2_on_8x8, fusion_emitters
+    # loop shapes in this suite is (helpers.FUSION_EMITTERS).
+    from helpers import conv2_on_8x8, fusion_emitters
 
     from lth_jax import lottery, masks
 
