@@ -3,7 +3,8 @@
 Settings: every test process (and every CLI process the tests start: ``helpers.cli_env``) compiles
 with ``helpers.FAST_COMPILE``, and all of them share one persistent XLA compilation cache for the
 session, so that a program compiled once (the same experiment run again, e.g. for resume) is not
-compiled again. Compilation dominates the suite's time on a CPU.
+compiled again (XLA does not write programs holding oneDNN's convolution into that cache: it
+warns and compiles them again). Compilation dominates the suite's time on a CPU.
 """
 
 import os
@@ -22,6 +23,9 @@ _CACHE = os.environ.get("LTH_JAX_TEST_CACHE") or tempfile.mkdtemp(prefix="lth_ja
 os.environ.setdefault("LTH_JAX_TEST_CACHE", _CACHE)  # subprocesses started by tests share it
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+# The native kernel gradient (lth_jax.models.native) is compiled once for the session, into the
+# same folder, not into the user's cache.
+os.environ.setdefault("LTH_JAX_NATIVE_CACHE", os.path.join(_CACHE, "native"))
 
 
 @pytest.fixture(autouse=True)

@@ -59,16 +59,32 @@ def _layers(features, kernel, strides, padding, bias, conv="canonical_vjp"):
         conv))
 
 
-@pytest.fixture(params=["convolution", "windows", "convolution, kernel gradient in chunks",
-                        "winograd", "winograd in chunks"])
+def _xla_formulations_only(monkeypatch):
+    """Neither oneDNN's forward convolution nor the native kernel gradient, where this machine
+    would use them: the formulations made of XLA's operations."""
+    monkeypatch.setattr(convolution, "_onednn_applies", lambda *a: False)
+    monkeypatch.setattr(convolution, "_native_applies", lambda *a: False)
+
+
+@pytest.fixture
+def xla_formulations_only(monkeypatch):
+    _xla_formulations_only(monkeypatch)
+
+
+@pytest.fixture(params=["convolution", "xla's convolution", "windows",
+                        "convolution, kernel gradient in chunks", "winograd", "winograd in chunks"])
 def input_gradient(request, monkeypatch):
     """Each way of computing the input gradient, whatever this machine's CPU would pick; the
-    third also computes the kernel gradient one example at a time (a scan over the batch). The
-    "winograd" ones use ``model.conv="winograd"`` with Winograd's F(2x2, 3x3) on every stride-1
-    3x3 layer, however narrow (the test layers are; the networks' threshold is 64 channels), the
-    second one example at a time."""
+    first with oneDNN's forward convolution and the native kernel gradient where this machine
+    has them (narrow layers; C_out a multiple of 16), the second without; the fourth also
+    computes the kernel gradient one example at a time (a scan over the batch). The "winograd"
+    ones use ``model.conv="winograd"`` with Winograd's F(2x2, 3x3) on every stride-1 3x3 layer,
+    however narrow (the test layers are; the networks' threshold is 64 channels), the second one
+    example at a time."""
     monkeypatch.setattr(convolution, "_forward_convolution_is_fast",
                         lambda: request.param != "windows")
+    if request.param != "convolution":
+        _xla_formulations_only(monkeypatch)
     if request.param.startswith("winograd"):
         monkeypatch.setattr(convolution, "_WINOGRAD_MIN_CHANNELS", 1)
     if request.param.endswith("chunks"):
@@ -125,6 +141,7 @@ def _backward_convolutions(x_shape, w_shape, strides=(1, 1)):
 
 
 @pytest.mark.parametrize("strides", [(1, 1), (2, 2)])
+@pytest.mark.usefixtures("xla_formulations_only")
 def test_the_input_gradient_is_a_forward_convolution_only_where_chosen(strides, monkeypatch):
     # Forward pass + input gradient as convolutions; the kernel gradient is matmuls either way.
     for fast, convolutions in ((True, 2), (False, 1)):
@@ -167,6 +184,7 @@ def _kernel_gradient_loops(x_shape, w_shape):
     return _kernel_gradient(x_shape, w_shape).as_text().count("stablehlo.while")
 
 
+@pytest.mark.usefixtures("xla_formulations_only")
 def test_the_kernel_gradient_scans_over_chunks_only_where_the_batch_does_not_fit(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     # Conv-2's second layer: 2 examples a chunk, 30 chunks; the last stage of VGG-19: one matmul.
@@ -176,6 +194,7 @@ def test_the_kernel_gradient_scans_over_chunks_only_where_the_batch_does_not_fit
     assert _kernel_gradient_loops((60, 32, 32, 3), (3, 3, 3, 64)) == 0
 
 
+@pytest.mark.usefixtures("xla_formulations_only")
 def test_in_one_piece_the_kernel_gradient_has_no_loop_and_its_whole_flop_count(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     shapes = (8, 16, 16, 32), (3, 3, 32, 32)   # 64 KiB an example: 8 chunks of 1

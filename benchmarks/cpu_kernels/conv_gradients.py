@@ -1,9 +1,15 @@
 """The gradients of 3x3 convolutions (NHWC/HWIO) written several ways, layer by layer, on one
-single-threaded XLA:CPU device inside ``lax.scan`` (``lth_jax.timing``). Three modes:
+single-threaded XLA:CPU device inside ``lax.scan`` (``lth_jax.timing``). Four modes:
 
     taskset -c 0 python benchmarks/cpu_kernels/conv_gradients.py            # the direct forms
     taskset -c 0 python benchmarks/cpu_kernels/conv_gradients.py winograd   # Winograd's (~20 min)
     taskset -c 0 python benchmarks/cpu_kernels/conv_gradients.py resnet20   # ResNet-20's, PyTorch's
+    taskset -c 0 python benchmarks/cpu_kernels/conv_gradients.py native     # the native kernel's
+
+The ``native`` mode times the kernel gradient of stride-1 3x3 layers (Conv-2's, VGG-19's 16x16x128,
+ResNet-20's, the first layers) with ``model.conv="auto"`` without and with the native kernel
+(``lth_jax.models.native``; ``convolution._NATIVE_MAX_CHANNELS`` comes from it), the least process
+CPU time of 5 calls of a scan over 4 inputs.
 
 The default mode times stride-1 3x3 SAME layers (Conv-2/4/6's at batch 60, VGG-19's 4x4 and 2x2
 stages at 64, ResNet-20's at 128):
@@ -222,9 +228,36 @@ def winograd_layers() -> None:
             print(f"   {name:24s} {ms:7.1f} ms ({flops / ms / 1e6:5.0f})", flush=True)
 
 
+def native_layers() -> None:
+    """The kernel gradient with and without the native kernel (the ``native`` mode)."""
+    from lth_jax.models import native
+    if not native.available():
+        sys.exit("the native kernel gradient is not available here (no C++ compiler?)")
+    print(f"jax {jax.__version__}; kernel gradient, CPU ms (GFLOP/s of the direct convolution): "
+          "model.conv='auto' without the native kernel, then with it")
+    steps, limit = 4, convolution._NATIVE_MAX_CHANNELS
+    for batch, size, c_in, c_out in [(60, 32, 3, 64), *LAYERS[:2], (128, 32, 3, 16), *LAYERS[5:]]:
+        x, w, dy, flops = layer_data(batch, size, c_in, c_out)
+        xs, dys = (jnp.stack([a * (1 + 0.01 * t) for t in range(steps)]) for a in (x, dy))
+        cells = []
+        for most in (0, max(limit, c_in, c_out)):  # the native kernel off, then on
+            convolution._NATIVE_MAX_CHANNELS = most
+            conv = convolution.conv_function("auto")
+            layer = lambda x, w, conv=conv: conv(x, w, (1, 1), SAME,
+                                                 dimension_numbers=convolution._NHWC)
+            dw = lambda x, dy, layer=layer: jax.vjp(lambda w: layer(x, w), w)[1](dy)[0]
+            run = jax.jit(lambda xs, dys, dw=dw: lax.scan(
+                lambda total, z: (total + jnp.sum(dw(*z)), None), 0.0, (xs, dys))[0])
+            ms = _cpu_ms(lambda: jax.block_until_ready(run(xs, dys))) / steps
+            cells.append(f"{ms:.2f} ({flops / ms / 1e6:.0f})")
+        convolution._NATIVE_MAX_CHANNELS = limit
+        print(f"{batch:>4} x {size}x{size} {c_in}->{c_out}: "
+              + "  ".join(f"{c:>14}" for c in cells), flush=True)
+
+
 if __name__ == "__main__":
-    modes = {"": main, "winograd": winograd_layers, "resnet20": resnet20}
+    modes = {"": main, "winograd": winograd_layers, "resnet20": resnet20, "native": native_layers}
     mode = " ".join(sys.argv[1:])
     if mode not in modes:
-        sys.exit(f"usage: conv_gradients.py [winograd | resnet20], not {mode!r}")
+        sys.exit(f"usage: conv_gradients.py [winograd | resnet20 | native], not {mode!r}")
     modes[mode]()

@@ -43,6 +43,14 @@ outputs, depth to space, no dilation zeros); a narrow first layer (3 -> 16) comp
 pass on pairs of columns (:func:`_paired`); and batch norm, ReLU and the residual sum around the
 convolutions are one module with its own VJP (:mod:`lth_jax.models.batch_norm`).
 
+Two more leave XLA's operations where this CPU allows (AVX-512, on CPUs only, never inside
+:func:`convolutions_in_one_piece`): the narrow layers' forward pass and input gradient run in
+oneDNN's convolution, which XLA:CPU carries as a custom call (:mod:`lth_jax.models.onednn`), and
+layers of at most 64 channels take their kernel gradient from a native kernel compiled on first
+use (:mod:`lth_jax.models.native`); each is checked against XLA's own once per process and, where
+it is missing or differs, the formulations here are used instead (docs/performance.md, "oneDNN
+for the narrow layers" and "A native kernel gradient").
+
 Why not a convolution for the kernel gradient too: written as one (batch and channel roles
 swapped, a 32×32 "kernel" for Conv-2) it ran an order of magnitude slower than the patches
 product on this project's first CPU (docs/performance.md, "Convolutions inside loops on
@@ -89,7 +97,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lth_jax.models import winograd
+from lth_jax.models import native, onednn, winograd
 
 __all__ = ["IMPLEMENTATIONS", "Conv", "canonical_conv_general_dilated", "conv_function",
            "convolutions_in_one_piece", "resolve", "winograd_conv_general_dilated"]
@@ -254,11 +262,29 @@ def _pairs(w_shape, strides) -> bool:
             and jax.default_backend() == "cpu" and _forward_convolution_is_fast())
 
 
+def _onednn_applies(x, w, pads) -> bool:
+    """Whether a canonical convolution runs in oneDNN (:mod:`lth_jax.models.onednn`): a narrow
+    layer (:data:`_NARROW_CHANNELS`, which XLA:CPU leaves to Eigen) of float32 values with
+    non-negative padding, in a program GSPMD does not split over devices (not inside
+    :func:`convolutions_in_one_piece`: GSPMD cannot partition the custom call, and XLA's cost
+    analysis does not count it), on a CPU with AVX-512 (:func:`_forward_convolution_is_fast`;
+    measured only there) where :func:`onednn.available`. ResNet-20's 32x32x16 layers take about
+    half the time so, forward and input gradient alike (docs/performance.md, "oneDNN for the
+    narrow layers")."""
+    return (max(w.shape[2], w.shape[3]) <= _NARROW_CHANNELS and not _one_piece
+            and x.dtype == jnp.float32 and w.dtype == jnp.float32
+            and all(p >= 0 for pair in pads for p in pair)
+            and jax.default_backend() == "cpu" and _forward_convolution_is_fast()
+            and onednn.available())
+
+
 def _direct(x, w, strides, pads, precision) -> jax.Array:
-    """The canonical forward convolution (NHWC, HWIO): XLA's own, or :func:`_paired` where
-    :func:`_pairs`."""
+    """The canonical forward convolution (NHWC, HWIO): :func:`_paired` where :func:`_pairs`,
+    oneDNN's where :func:`_onednn_applies`, else XLA's own."""
     if _pairs(w.shape, strides):
         return _paired(x, w, pads, precision)
+    if _onednn_applies(x, w, pads):
+        return onednn.conv(x, w, strides, pads)
     return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC,
                                     precision=precision)
 
@@ -457,6 +483,8 @@ def _conv_bwd(strides, pads, precision, use_winograd, residuals, dy):
         # a forward convolution; dy transposed once").
         if _pairs(w_flipped.shape, strides):
             dx = _paired(dy, w_flipped, edges, precision)
+        elif all(s == 1 for s in strides) and _onednn_applies(dy, w_flipped, edges):
+            dx = onednn.conv(dy, w_flipped, (1, 1), edges)  # it pads dy itself
         else:
             dx = lax.conv_general_dilated(dy_padded, w_flipped, (1, 1), "VALID",
                                           dimension_numbers=_NHWC, precision=precision)
@@ -472,12 +500,34 @@ def _conv_bwd(strides, pads, precision, use_winograd, residuals, dy):
                                              w_flipped.reshape(-1, c_out, c_in))]
         dx = sum(products[1:], products[0])
 
-    if use_winograd and _winograd_applies(x.shape, w.shape, strides, pads):
+    if _native_applies(x, dy, kernel):
+        dw = native.kernel_gradient(x, dy, kernel, strides, pads)
+    elif use_winograd and _winograd_applies(x.shape, w.shape, strides, pads):
         dw = winograd.kernel_gradient3x3(x, dy, pads, examples_per_chunk=_winograd_chunk(
             x.shape, pads), precision=precision)
     else:
         dw = _kernel_gradient(x, dy, kernel, strides, pads, precision)
     return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
+
+
+#: Layers whose channels are all at most this many take their kernel gradient from the native
+#: kernel (:mod:`lth_jax.models.native`) where it is available: on ResNet-20's layers it took
+#: about half the time of XLA's formulations, Winograd's on its 64-channel layers included
+#: (docs/performance.md, "A native kernel gradient").
+_NATIVE_MAX_CHANNELS = 64
+
+
+def _native_applies(x, dy, kernel) -> bool:
+    """Whether a layer's kernel gradient is :func:`native.kernel_gradient`'s: a kernel of more
+    than one tap (1x1 shortcuts ran slower so), at most :data:`_NATIVE_MAX_CHANNELS` channels,
+    C_out a multiple of 16, float32, not inside :func:`convolutions_in_one_piece` (GSPMD cannot
+    split the call, XLA's cost analysis does not count it), on a CPU with AVX-512 (measured only
+    there) where :func:`native.available`."""
+    return (kernel[0] * kernel[1] > 1 and max(x.shape[-1], dy.shape[-1]) <= _NATIVE_MAX_CHANNELS
+            and dy.shape[-1] % 16 == 0 and not _one_piece
+            and x.dtype == jnp.float32 and dy.dtype == jnp.float32
+            and jax.default_backend() == "cpu" and _forward_convolution_is_fast()
+            and native.available())
 
 
 #: The strided layers whose input gradient is computed by phases
